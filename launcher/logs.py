@@ -1,0 +1,79 @@
+"""Log output on stdout, as text for people or JSON for the platform, with secrets masked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from proxy.redaction import Redactor
+
+# Which part of the tree a logger belongs to, as the `source` field shows it.
+SOURCES = {"mlflow": "mlflow", "uvicorn": "front", "mlflow_app": "front"}
+
+
+def printable(text: str) -> str:
+    """Control characters escaped, so a value from a request cannot forge or split a log line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def source_of(record: logging.LogRecord) -> str:
+    root = record.name.split(".", 1)[0]
+    return SOURCES.get(root, "front")
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, redact: Redactor):
+        super().__init__()
+        self.redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "source": source_of(record),
+            "logger": record.name,
+            "message": self.redact(record.getMessage()),
+        }
+        for key, value in getattr(record, "fields", {}).items():
+            entry[key] = self.redact(value) if isinstance(value, str) else value
+        if record.exc_info:
+            entry["error"] = self.redact(f"{record.exc_info[0].__name__}: {record.exc_info[1]}")
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self, redact: Redactor):
+        super().__init__()
+        self.redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        fields = getattr(record, "fields", None)
+        if fields and record.name == "mlflow_app.request":
+            message = "{method} {path} {status} {duration_ms}ms in={bytes_in} out={bytes_out} id={request_id}".format(**fields)
+            if fields.get("user"):
+                message += f" user={fields['user']}"
+        else:
+            message = record.getMessage()
+        if record.exc_info:
+            message += f" ({record.exc_info[0].__name__}: {record.exc_info[1]})"
+        line = f"{stamp} {record.levelname:<7} {source_of(record):<6} | {message}"
+        return printable(self.redact(line))
+
+
+def configure_logging(log_format: str, level: str, redact: Redactor) -> None:
+    """One handler on stdout for us, uvicorn and MLflow's folded-in output."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter(redact) if log_format == "json" else TextFormatter(redact))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").disabled = True  # our request log replaces it
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise

@@ -1,0 +1,158 @@
+"""The MLflow server child: its command line, start, readiness, output and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable
+
+import httpx
+
+from launcher.settings import Settings
+
+log = logging.getLogger("mlflow_app.launcher")
+mlflow_log = logging.getLogger("mlflow")
+
+# Our own variables that must not leak into the child with a different meaning: MLflow reads
+# MLFLOW_HOST/PORT as its bind address and MLFLOW_SERVER_ALLOWED_HOSTS as the hosts it answers,
+# but the child binds loopback and only ever sees the front's loopback Host.
+FRONT_ONLY_ENV = ("MLFLOW_HOST", "MLFLOW_PORT", "MLFLOW_SERVER_ALLOWED_HOSTS", "MLFLOW_STATIC_PREFIX")
+_LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\b")
+PR_SET_PDEATHSIG = 1
+
+
+def mlflow_command(settings: Settings, port: int) -> list[str]:
+    """`python -m mlflow server ...` from this environment, bound to loopback."""
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", str(settings.workers),
+        "--backend-store-uri", settings.effective_backend_store_uri,
+    ]  # fmt: skip
+    if settings.registry_store_uri:
+        command += ["--registry-store-uri", settings.registry_store_uri]
+    if settings.default_artifact_root:
+        command += ["--default-artifact-root", settings.default_artifact_root]
+    if settings.serve_artifacts:
+        command += ["--serve-artifacts", "--artifacts-destination", settings.effective_artifacts_destination]
+    else:
+        command += ["--no-serve-artifacts"]
+    return command
+
+
+def mlflow_environment(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in FRONT_ONLY_ENV}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if settings.job_execution else "false"
+    if settings.cors_allowed_origins:
+        env["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] = ",".join(settings.cors_allowed_origins)
+    env["PYTHONUNBUFFERED"] = "1"  # its lines reach our log as they happen
+    env.update(settings.extra_env)
+    return env
+
+
+def die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the front dies without stopping us (e.g. SIGKILL)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass  # not Linux: the front's own shutdown path still stops the child
+
+
+def level_of(line: str) -> int:
+    match = _LEVEL.search(line[:120])
+    if not match:
+        return logging.INFO
+    return logging.WARNING if match.group(1) == "WARN" else logging.getLevelName(match.group(1))
+
+
+class MlflowProcess:
+    """One run of the MLflow server, in its own process group so it can be stopped as a whole."""
+
+    def __init__(self, command: list[str], env: dict[str, str], base_url: str, on_output: Callable[[str], None]):
+        self.command = command
+        self.env = env
+        self.base_url = base_url
+        self.on_output = on_output
+        self.process: asyncio.subprocess.Process | None = None
+        self._pump: asyncio.Task | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode if self.process else None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.command,
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+            limit=1024 * 1024,
+        )
+        self._pump = asyncio.create_task(self._pump_output())
+        log.info("started MLflow (pid %s): %s", self.process.pid, " ".join(self.command[1:]))
+
+    async def _pump_output(self) -> None:
+        assert self.process and self.process.stdout
+        while line := await self.process.stdout.readline():
+            text = line.decode("utf-8", "replace").rstrip()
+            if text:
+                self.on_output(text)
+                mlflow_log.log(level_of(text), text)
+
+    async def wait_ready(self, timeout: float, interval: float = 0.2) -> bool:
+        """True once MLflow's `/health` answers 200; False if it exits or `timeout` passes first."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+            while asyncio.get_running_loop().time() < deadline:
+                if self.returncode is not None:
+                    return False
+                try:
+                    if (await client.get(f"{self.base_url}/health")).status_code == 200:
+                        return True
+                except httpx.TransportError:
+                    pass  # not listening yet
+                await asyncio.sleep(interval)
+        return False
+
+    async def wait(self) -> int:
+        assert self.process
+        code = await self.process.wait()
+        if self._pump:
+            await asyncio.wait([self._pump], timeout=2)  # the last lines usually say why it exited
+        return code
+
+    async def stop(self, grace_seconds: float) -> int | None:
+        """SIGTERM to the whole group, SIGKILL after `grace_seconds`; returns the exit code."""
+        if not self.process:
+            return None
+        self._signal_group(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), grace_seconds)
+        except TimeoutError:
+            log.warning("MLflow did not stop within %.0f s; killing it", grace_seconds)
+        # The group may still hold workers whose parent has exited: make sure none survive.
+        self._signal_group(signal.SIGKILL)
+        code = await self.process.wait()
+        if self._pump:
+            self._pump.cancel()
+        return code
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        assert self.process
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass

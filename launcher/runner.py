@@ -1,0 +1,113 @@
+"""`mlflow-app serve` at run time: bind, start MLflow under supervision, serve, shut down in order."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import socket
+
+import uvicorn
+
+from launcher.logs import configure_logging
+from launcher.mlflow_process import MlflowProcess, mlflow_command, mlflow_environment
+from launcher.settings import Settings, SettingsError
+from launcher.supervisor import Supervisor
+from proxy.app import FrontConfig, create_app
+from proxy.assets import UiAssets, UiAssetsMissing
+from proxy.edge_policy import EdgePolicy
+from proxy.redaction import Redactor
+from proxy.upstream import UpstreamState
+
+log = logging.getLogger("mlflow_app.launcher")
+CHILD_STOP_GRACE_SECONDS = 5.0
+
+
+def bind_socket(host: str, port: int, option: str) -> socket.socket:
+    """Bind now, so a taken port is reported before anything starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise SettingsError(f"{option}: port {port} on {host} is already in use; choose another port or stop the process that holds it.") from None
+        raise SettingsError(f"{option}: cannot listen on {host}:{port} ({exc.strerror}).") from None
+    return sock
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGTERM or Ctrl-C; raises SettingsError before starting anything that cannot work."""
+    redact = Redactor.from_environment()
+    configure_logging(settings.log_format, settings.log_level, redact)
+    try:
+        assets = UiAssets(settings.effective_ui_dir)
+    except UiAssetsMissing as exc:
+        raise SettingsError(str(exc)) from None
+    front_socket = bind_socket(settings.host, settings.port, "--port")
+    if settings.mlflow_port:
+        bind_socket("127.0.0.1", settings.mlflow_port, "--mlflow-port").close()
+    mlflow_port = settings.mlflow_port or free_loopback_port()
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(run_front_and_mlflow(settings, front_socket, mlflow_port, assets, redact))
+
+
+async def run_front_and_mlflow(
+    settings: Settings, front_socket: socket.socket, mlflow_port: int, assets: UiAssets, redact: Redactor
+) -> None:
+    state = UpstreamState(base_url=f"http://127.0.0.1:{mlflow_port}")
+    command = mlflow_command(settings, mlflow_port)
+    env = mlflow_environment(settings)
+    supervisor = Supervisor(
+        lambda on_output: MlflowProcess(command, env, state.base_url, on_output),
+        state,
+        start_timeout=settings.mlflow_start_timeout,
+        redact=redact,
+    )
+    front = create_app(
+        FrontConfig(
+            upstream_timeout_seconds=settings.upstream_timeout,
+            edge_policy=EdgePolicy(settings.allowed_hosts, settings.cors_allowed_origins),
+        ),
+        state,
+        assets,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            front,
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,  # the front appends X-Forwarded-For itself, from the real peer
+            server_header=False,
+            timeout_graceful_shutdown=settings.drain_seconds,
+            timeout_keep_alive=75,  # longer than typical load balancer idle timeouts
+        )
+    )
+    # uvicorn re-raises the stop signal after draining; a handler of ours turns that into a
+    # return, so the child is stopped below instead of the process dying with it still running.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    supervision = asyncio.create_task(supervisor.run())
+    host, port = front_socket.getsockname()[:2]
+    log.info("mlflow-app listening on http://%s:%s (MLflow on %s)", host, port, state.base_url)
+    try:
+        await server.serve(sockets=[front_socket])
+    finally:
+        await supervisor.stop(CHILD_STOP_GRACE_SECONDS)
+        supervision.cancel()
+        log.info("mlflow-app stopped")

@@ -1,0 +1,146 @@
+"""Every setting of `mlflow-app serve` in one typed object, checked once at the edge."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from proxy.edge_policy import DEFAULT_ALLOWED_HOSTS
+
+# Store URI schemes MLflow's server accepts (SQLAlchemy dialects may carry a driver: postgresql+psycopg).
+TRACKING_STORE_SCHEMES = frozenset({"", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks"})
+REGISTRY_STORE_SCHEMES = TRACKING_STORE_SCHEMES | {"databricks-uc", "uc"}
+ARTIFACT_SCHEMES = frozenset(
+    {
+        "", "file", "s3", "gs", "wasbs", "abfss", "hdfs", "viewfs", "dbfs", "ftp", "sftp",
+        "http", "https", "mlflow-artifacts", "oss",
+    }
+)  # fmt: skip
+
+
+class SettingsError(ValueError):
+    """A setting that cannot work; the message is one line that says what to change."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    backend_store_uri: str | None = None
+    registry_store_uri: str | None = None
+    default_artifact_root: str | None = None
+    serve_artifacts: bool = True
+    artifacts_destination: str | None = None
+    workers: int = 1
+    job_execution: bool = False
+    ui_dir: Path | None = None
+    log_format: str = "text"
+    log_level: str = "info"
+    mlflow_port: int = 0
+    data_dir: Path = Path("mlflow-data")
+    upstream_timeout: float = 60.0
+    mlflow_start_timeout: float = 300.0
+    drain_seconds: float = 8.0
+    allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS
+    cors_allowed_origins: tuple[str, ...] = ()
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def embedded_backend_uri(self) -> str:
+        return f"sqlite:///{self.data_dir.resolve() / 'mlflow.db'}"
+
+    @property
+    def effective_backend_store_uri(self) -> str:
+        return self.backend_store_uri or self.embedded_backend_uri
+
+    @property
+    def effective_artifacts_destination(self) -> str:
+        return self.artifacts_destination or str(self.data_dir.resolve() / "artifacts")
+
+    @property
+    def effective_ui_dir(self) -> Path:
+        return self.ui_dir or installed_mlflow_ui_dir()
+
+    @property
+    def uses_data_dir(self) -> bool:
+        return self.backend_store_uri is None or (self.serve_artifacts and not self.artifacts_destination)
+
+
+def installed_mlflow_ui_dir() -> Path:
+    """The UI build inside the installed `mlflow` package, found without importing mlflow (slow)."""
+    spec = importlib.util.find_spec("mlflow")
+    if spec is None or not spec.submodule_search_locations:
+        raise SettingsError("The mlflow package is not installed in this environment; install mlflow-app's dependencies (uv sync).")
+    return Path(list(spec.submodule_search_locations)[0]) / "server" / "js" / "build"
+
+
+def uri_scheme(uri: str) -> str:
+    """The scheme of a store URI without a SQLAlchemy driver part; '' for a plain path."""
+    if len(uri) > 1 and uri[1] == ":" and uri[0].isalpha():
+        return ""  # a Windows drive letter, not a scheme
+    return urlsplit(uri).scheme.split("+", 1)[0].lower()
+
+
+def check_scheme(option: str, uri: str | None, allowed: frozenset[str]) -> None:
+    if uri is None:
+        return
+    scheme = uri_scheme(uri)
+    if scheme not in allowed:
+        choices = ", ".join(sorted(s for s in allowed if s))
+        raise SettingsError(f"{option}: unknown scheme '{scheme}' in '{uri_for_message(uri)}'; use one of {choices}, or a local path.")
+
+
+def uri_for_message(uri: str) -> str:
+    """A URI safe to print: its password, if any, masked."""
+    parts = urlsplit(uri)
+    if parts.password:
+        return uri.replace(f":{parts.password}@", ":***@", 1)
+    return uri
+
+
+def check_data_dir(data_dir: Path) -> None:
+    """The data directory exists (created if needed) and we can write to it."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / ".write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise SettingsError(f"--data-dir: cannot write to '{data_dir}' ({reason}); pass a writable directory with --data-dir or MLFLOW_APP_DATA_DIR.") from None
+
+
+def check_ui_dir(ui_dir: Path) -> None:
+    if not (ui_dir / "index.html").is_file():
+        raise SettingsError(f"--ui-dir: no MLflow UI build at '{ui_dir}' (index.html missing); point --ui-dir (MLFLOW_APP_UI_DIR) at a build, or install the full mlflow package rather than mlflow-skinny or a source checkout.")
+
+
+def validate(settings: Settings) -> None:
+    """Raise SettingsError for the first setting that cannot work."""
+    if not 0 < settings.port < 65536:
+        raise SettingsError(f"--port: {settings.port} is not a TCP port; use 1-65535.")
+    if not 0 <= settings.mlflow_port < 65536:
+        raise SettingsError(f"--mlflow-port: {settings.mlflow_port} is not a TCP port; use 0 (any free port) or 1-65535.")
+    if settings.workers < 1:
+        raise SettingsError("--workers: must be at least 1.")
+    if settings.upstream_timeout <= 0 or settings.mlflow_start_timeout <= 0 or settings.drain_seconds < 0:
+        raise SettingsError("--upstream-timeout and --mlflow-start-timeout must be positive, --drain-seconds not negative.")
+    check_scheme("--backend-store-uri", settings.backend_store_uri, TRACKING_STORE_SCHEMES)
+    check_scheme("--registry-store-uri", settings.registry_store_uri, REGISTRY_STORE_SCHEMES)
+    check_scheme("--default-artifact-root", settings.default_artifact_root, ARTIFACT_SCHEMES)
+    check_scheme("--artifacts-destination", settings.artifacts_destination, ARTIFACT_SCHEMES)
+    if settings.uses_data_dir:
+        check_data_dir(settings.data_dir)
+    check_ui_dir(settings.effective_ui_dir)
+
+
+def split_list(value: str | None) -> tuple[str, ...]:
+    return tuple(item.strip() for item in (value or "").split(",") if item.strip())
+
+
+def default_host() -> str:
+    """All interfaces on Databricks Apps (the platform's proxy must reach us), loopback elsewhere."""
+    return "0.0.0.0" if os.environ.get("DATABRICKS_APP_PORT") else "127.0.0.1"

@@ -1,0 +1,114 @@
+"""The front's ASGI app: UI assets from disk, `/health`, and MLflow for everything else."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from proxy.assets import UiAssets
+from proxy.edge_policy import STATE_CHANGING_METHODS, EdgePolicy, OriginVerdict
+from proxy.errors import mlflow_error
+from proxy.forward import UpstreamClient
+from proxy.health import health_response
+from proxy.request_log import RequestLog
+from proxy.upstream import UpstreamState
+
+log = logging.getLogger("mlflow_app.front")
+
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+# Paths the front answers for itself; the Host check does not apply (probes use IPs and names).
+UNGUARDED_PATHS = frozenset({"/health"})
+
+
+@dataclass(frozen=True)
+class FrontConfig:
+    """What the front needs from the launcher's settings."""
+
+    upstream_timeout_seconds: float = 60.0
+    edge_policy: EdgePolicy = field(default_factory=EdgePolicy)
+    frame_options: str = "SAMEORIGIN"
+
+
+def create_app(config: FrontConfig, state: UpstreamState, assets: UiAssets) -> ASGIApp:
+    """Build the front. `state` is owned and updated by whoever supervises MLflow."""
+    upstream = UpstreamClient(state, config.upstream_timeout_seconds)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        # Compress the UI build once, off the event loop, while MLflow is still starting.
+        async with anyio.create_task_group() as background:
+            background.start_soon(anyio.to_thread.run_sync, assets.precompress_all)
+            try:
+                yield
+            finally:
+                background.cancel_scope.cancel()
+                await upstream.aclose()
+
+    app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        return mlflow_error(500, "The front failed to handle this request; see the server log.")
+
+    app.add_exception_handler(Exception, unexpected_error)
+
+    @app.get("/health", include_in_schema=False)
+    async def health() -> Response:
+        return health_response(state)
+
+    def ui_headers(response: Response) -> Response:
+        response.headers.setdefault("x-content-type-options", "nosniff")
+        if config.frame_options.upper() != "NONE":
+            response.headers.setdefault("x-frame-options", config.frame_options.upper())
+        return response
+
+    @app.api_route("/", methods=ALL_METHODS, include_in_schema=False)
+    async def index(request: Request) -> Response:
+        return ui_headers(await assets.response("index.html", request.headers, request.method))
+
+    @app.api_route("/static-files/{path:path}", methods=ALL_METHODS, include_in_schema=False)
+    async def static_file(request: Request, path: str) -> Response:
+        return ui_headers(await assets.response(path, request.headers, request.method))
+
+    @app.api_route("/{path:path}", methods=ALL_METHODS, include_in_schema=False)
+    async def to_mlflow(request: Request, path: str) -> Response:
+        public_host = request.headers.get("x-forwarded-host") or request.headers.get("host", "")
+        scheme = request.headers.get("x-forwarded-proto") or request.url.scheme
+        verdict = config.edge_policy.origin_verdict(request.headers.get("origin"), public_host, scheme)
+        if verdict is OriginVerdict.FOREIGN and request.method in STATE_CHANGING_METHODS:
+            return mlflow_error(
+                403,
+                "Cross-origin request blocked: this server accepts writes only from its own "
+                "origin; allow another with --cors-allowed-origins "
+                "(MLFLOW_SERVER_CORS_ALLOWED_ORIGINS).",
+            )
+        return await upstream.forward(request, forward_origin=verdict is OriginVerdict.ALLOWED)
+
+    return RequestLog(HostGuard(app, config.edge_policy))
+
+
+class HostGuard:
+    """Refuses requests whose `Host` is not one of ours (DNS rebinding), before any routing."""
+
+    def __init__(self, app: ASGIApp, policy: EdgePolicy):
+        self.app = app
+        self.policy = policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in UNGUARDED_PATHS:
+            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+            if not self.policy.host_allowed(host):
+                response = mlflow_error(
+                    403,
+                    "This server does not answer to the host name in the request's Host header; "
+                    "add it to --allowed-hosts (MLFLOW_SERVER_ALLOWED_HOSTS).",
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -1,0 +1,88 @@
+"""Who may talk to the server: the `Host` a request names and the `Origin` a browser write comes from.
+
+MLflow (3.5+) refuses any `Host` that is not local and any cross-origin write. Behind the front
+every request reaches MLflow from loopback, so the front applies the same two checks against the
+public names instead, and then hands MLflow a request it accepts.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from enum import Enum
+from urllib.parse import urlsplit
+
+STATE_CHANGING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
+PRIVATE_ADDRESS_PATTERNS = (
+    "10.*",
+    "192.168.*",
+    *(f"172.{n}.*" for n in range(16, 32)),
+    "[fc*",
+    "[fd*",
+)
+DEFAULT_ALLOWED_HOSTS = (*LOOPBACK_NAMES, *PRIVATE_ADDRESS_PATTERNS, "*.databricksapps.com")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class OriginVerdict(Enum):
+    NONE = "none"  # no Origin header: not a browser's cross-site request
+    SAME_ORIGIN = "same-origin"  # the page came from this server
+    ALLOWED = "allowed"  # a configured (or loopback) origin: MLflow sees it and adds CORS headers
+    FOREIGN = "foreign"
+
+
+def split_host(host: str) -> str:
+    """The name part of a `Host` value (`[::1]:8000` -> `[::1]`, `a.b:80` -> `a.b`)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def normalise_authority(scheme: str, netloc: str) -> str:
+    """`host[:port]` with the scheme's default port left out, lowercased."""
+    netloc = netloc.lower()
+    default = DEFAULT_PORTS.get(scheme)
+    if default and netloc.endswith(f":{default}"):
+        return netloc[: -len(f":{default}")]
+    return netloc
+
+
+@dataclass(frozen=True)
+class EdgePolicy:
+    """Host and Origin rules, fnmatch patterns as MLflow's `--allowed-hosts` and CORS settings take."""
+
+    allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS
+    allowed_origins: tuple[str, ...] = ()
+
+    def host_allowed(self, host: str) -> bool:
+        if not host or any(c in host for c in "\r\n\x00 /"):
+            return False
+        if "*" in self.allowed_hosts:
+            return True
+        host = host.strip().lower()
+        candidates = {host, split_host(host)}
+        return any(
+            fnmatch.fnmatchcase(candidate, pattern.lower())
+            for pattern in self.allowed_hosts
+            for candidate in candidates
+        )
+
+    def origin_verdict(self, origin: str | None, public_host: str, scheme: str) -> OriginVerdict:
+        if origin is None:
+            return OriginVerdict.NONE
+        parts = urlsplit(origin.strip())
+        if parts.scheme not in DEFAULT_PORTS or not parts.netloc:
+            return OriginVerdict.FOREIGN  # includes the opaque origin "null"
+        if normalise_authority(parts.scheme, parts.netloc) == normalise_authority(scheme, public_host):
+            return OriginVerdict.SAME_ORIGIN
+        if (parts.hostname or "") in LOOPBACK_NAMES or self._origin_listed(origin.strip()):
+            return OriginVerdict.ALLOWED
+        return OriginVerdict.FOREIGN
+
+    def _origin_listed(self, origin: str) -> bool:
+        return any(
+            fnmatch.fnmatchcase(origin, allowed) if "*" in allowed else origin == allowed
+            for allowed in self.allowed_origins
+        )

@@ -1,0 +1,28 @@
+"""`/health`: 200 only when the front and MLflow can both serve; otherwise 503 naming what is not."""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+from proxy.upstream import UpstreamState
+
+
+def health_response(state: UpstreamState) -> JSONResponse:
+    mlflow = {
+        "state": state.phase.value,
+        "restarts": state.restarts,
+        "uptime_seconds": round(state.uptime_seconds(), 1),
+    }
+    if state.last_exit_code is not None:
+        mlflow["last_exit_code"] = state.last_exit_code
+    if state.ready:
+        return JSONResponse({"status": "ok", "front": "ready", "mlflow": mlflow})
+    if state.last_error_lines:
+        mlflow["last_output"] = list(state.last_error_lines)
+    body = {
+        "status": "unavailable",
+        "reason": f"mlflow is {state.phase.value}",
+        "front": "ready",
+        "mlflow": mlflow,
+    }
+    return JSONResponse(body, status_code=503, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,47 @@
+"""Keeps secrets out of anything the server prints or answers: log lines, `/health`, error bodies."""
+
+from __future__ import annotations
+
+import os
+import re
+
+# Environment variables whose values are credentials wherever they appear.
+SECRET_ENV_VARS = (
+    "DATABRICKS_TOKEN",
+    "DATABRICKS_CLIENT_SECRET",
+    "DATABRICKS_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_APP_AUTH_TOKEN",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_CLIENT_SECRET",
+    "PGPASSWORD",
+)
+MASK = "***"
+_URI_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/?#@\s]+:)[^@\s/]+(?P<at>@)")
+_BEARER = re.compile(r"(?i)(bearer\s+)[\w\-.~+/=]+")
+_SECRET_PARAM = re.compile(r"(?i)((?:token|secret|password|sig|signature|credential)[\w-]*=)[^&\s\"']+")
+
+
+class Redactor:
+    """Masks known secret values, passwords inside URIs and bearer tokens in free text."""
+
+    def __init__(self, secrets: list[str] | None = None):
+        # Short values would mask ordinary words; real credentials are long.
+        self.secrets = sorted({s for s in (secrets or []) if len(s) >= 6}, key=len, reverse=True)
+
+    @classmethod
+    def from_environment(cls, environ: dict[str, str] | None = None) -> Redactor:
+        environ = os.environ if environ is None else environ
+        return cls([environ[name] for name in SECRET_ENV_VARS if environ.get(name)])
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        text = _URI_PASSWORD.sub(rf"\g<head>{MASK}\g<at>", text)
+        text = _BEARER.sub(rf"\g<1>{MASK}", text)
+        return _SECRET_PARAM.sub(rf"\g<1>{MASK}", text)

@@ -1,0 +1,48 @@
+"""What the front knows about the MLflow child: where it listens and whether it can take requests.
+
+The launcher owns the child process and writes this state; the proxy only reads it. Passing one
+object in keeps `proxy/` free of any import from `launcher/`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class UpstreamPhase(str, Enum):
+    STARTING = "starting"  # launched, not answering its health check yet
+    READY = "ready"
+    RESTARTING = "restarting"  # exited or hung; waiting out the backoff before a new start
+    STOPPING = "stopping"
+    DOWN = "down"  # stopped and not coming back (shutdown)
+
+
+@dataclass
+class UpstreamState:
+    """The MLflow child as the front sees it. Mutated by the supervisor, read by the proxy."""
+
+    base_url: str
+    phase: UpstreamPhase = UpstreamPhase.STARTING
+    pid: int | None = None
+    restarts: int = 0
+    ready_since: float | None = None  # monotonic clock
+    last_exit_code: int | None = None
+    last_error_lines: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+
+    @property
+    def ready(self) -> bool:
+        return self.phase is UpstreamPhase.READY
+
+    def mark_ready(self) -> None:
+        self.phase = UpstreamPhase.READY
+        self.ready_since = time.monotonic()
+
+    def mark(self, phase: UpstreamPhase) -> None:
+        self.phase = phase
+        self.ready_since = None
+
+    def uptime_seconds(self) -> float:
+        return 0.0 if self.ready_since is None else time.monotonic() - self.ready_since
