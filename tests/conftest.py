@@ -1,0 +1,30 @@
+import os
+
+import pytest
+
+from tests.app_process import QUIET_ENV, AppProcess
+
+os.environ.update(QUIET_ENV)  # the mlflow client in this process sends no telemetry either
+
+
+@pytest.fixture(scope="session")
+def app(tmp_path_factory) -> AppProcess:
+    """One real mlflow-app (embedded default) shared by every test that only talks to it."""
+    running = AppProcess(tmp_path_factory.mktemp("shared-app")).start()
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def tracking(app, monkeypatch):
+    """The real mlflow client pointed at the shared app, as a user would configure it."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", app.url)
+    mlflow.set_tracking_uri(app.url)
+    yield mlflow.MlflowClient(tracking_uri=app.url)
+    if mlflow.active_run():
+        mlflow.end_run()
