@@ -68,6 +68,8 @@ class Supervisor:
             code = await self.process.wait()
             if self._stopping.is_set():
                 return
+            # Its workers may outlive it (and hold the port): clear the whole group first.
+            await self.process.stop(grace_seconds=2)
             uptime = self.state.uptime_seconds()
             self.state.restarts += 1
             self.state.last_exit_code = code
