@@ -22,50 +22,50 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", envvar="MLFLOW_HOST", default=default_host, show_default="127.0.0.1; 0.0.0.0 when DATABRICKS_APP_PORT is set",
+@click.option("--host", show_envvar=True, envvar="MLFLOW_HOST", default=default_host, show_default="127.0.0.1; 0.0.0.0 when DATABRICKS_APP_PORT is set",
               help="Address the front listens on. MLflow itself always listens on 127.0.0.1 only.")
-@click.option("--port", envvar=["MLFLOW_PORT", "DATABRICKS_APP_PORT"], type=int, default=default_port, show_default="$DATABRICKS_APP_PORT, else 8000",
+@click.option("--port", show_envvar=True, envvar=["MLFLOW_PORT", "DATABRICKS_APP_PORT"], type=int, default=default_port, show_default="$DATABRICKS_APP_PORT, else 8000",
               help="Port the front listens on: the one port users, clients and monitoring reach.")
-@click.option("--backend-store-uri", envvar="MLFLOW_BACKEND_STORE_URI", metavar="URI",
+@click.option("--backend-store-uri", show_envvar=True, envvar="MLFLOW_BACKEND_STORE_URI", metavar="URI",
               help="Where MLflow keeps experiments and runs: sqlite:///…, postgresql://…, mysql://…, file:/…, or "
                    "databricks. Default: an embedded SQLite database in --data-dir.")
-@click.option("--registry-store-uri", envvar="MLFLOW_REGISTRY_STORE_URI", metavar="URI",
+@click.option("--registry-store-uri", show_envvar=True, envvar="MLFLOW_REGISTRY_STORE_URI", metavar="URI",
               help="Where MLflow keeps registered models (e.g. databricks-uc). Default: the backend store.")
-@click.option("--default-artifact-root", envvar="MLFLOW_DEFAULT_ARTIFACT_ROOT", metavar="URI",
+@click.option("--default-artifact-root", show_envvar=True, envvar="MLFLOW_DEFAULT_ARTIFACT_ROOT", metavar="URI",
               help="Artifact location for new experiments. Default: MLflow's choice (mlflow-artifacts:/ when "
                    "artifacts are served).")
-@click.option("--serve-artifacts/--no-serve-artifacts", envvar="MLFLOW_SERVE_ARTIFACTS", default=True, show_default=True,
+@click.option("--serve-artifacts/--no-serve-artifacts", show_envvar=True, envvar="MLFLOW_SERVE_ARTIFACTS", default=True, show_default=True,
               help="Let clients upload and download artifacts through the server over HTTP, so they need no access "
                    "to the artifact store themselves.")
-@click.option("--artifacts-destination", envvar="MLFLOW_ARTIFACTS_DESTINATION", metavar="URI",
+@click.option("--artifacts-destination", show_envvar=True, envvar="MLFLOW_ARTIFACTS_DESTINATION", metavar="URI",
               help="Where served artifacts are stored (a path, s3://, gs://, wasbs://, …). Default: artifacts/ in --data-dir.")
-@click.option("--workers", envvar="MLFLOW_WORKERS", type=int, default=1, show_default=True,
+@click.option("--workers", show_envvar=True, envvar="MLFLOW_WORKERS", type=int, default=1, show_default=True,
               help="MLflow's uvicorn workers. Each costs ~250 MB and a few CPU-seconds to start.")
-@click.option("--job-execution/--no-job-execution", envvar="MLFLOW_SERVER_ENABLE_JOB_EXECUTION", default=False, show_default=True,
+@click.option("--job-execution/--no-job-execution", show_envvar=True, envvar="MLFLOW_SERVER_ENABLE_JOB_EXECUTION", default=False, show_default=True,
               help="MLflow's background job runner (GenAI jobs such as scheduled scorers). Off by default: it starts "
                    "several more processes and ~2 GiB of memory.")
-@click.option("--data-dir", envvar="MLFLOW_APP_DATA_DIR", type=click.Path(path_type=Path), default=Path("mlflow-data"), show_default=True,
+@click.option("--data-dir", show_envvar=True, envvar="MLFLOW_APP_DATA_DIR", type=click.Path(path_type=Path), default=Path("mlflow-data"), show_default=True,
               help="Directory for the embedded default: mlflow.db (SQLite) and artifacts/.")
-@click.option("--ui-dir", envvar="MLFLOW_APP_UI_DIR", type=click.Path(path_type=Path),
+@click.option("--ui-dir", show_envvar=True, envvar="MLFLOW_APP_UI_DIR", type=click.Path(path_type=Path),
               help="MLflow UI build the front serves. Default: the build inside the installed mlflow package.")
-@click.option("--mlflow-port", envvar="MLFLOW_APP_MLFLOW_PORT", type=int, default=0, show_default="a free loopback port",
+@click.option("--mlflow-port", show_envvar=True, envvar="MLFLOW_APP_MLFLOW_PORT", type=int, default=0, show_default="a free loopback port",
               help="Loopback port of the MLflow child.")
-@click.option("--log-format", envvar="MLFLOW_APP_LOG_FORMAT", type=click.Choice(["text", "json"]), default="text", show_default=True,
+@click.option("--log-format", show_envvar=True, envvar="MLFLOW_APP_LOG_FORMAT", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Log lines on stdout: text for people, json for log collectors.")
-@click.option("--log-level", envvar="MLFLOW_APP_LOG_LEVEL", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True,
+@click.option("--log-level", show_envvar=True, envvar="MLFLOW_APP_LOG_LEVEL", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True,
               help="Lowest level logged, for the front and MLflow's folded-in output.")
-@click.option("--upstream-timeout", envvar="MLFLOW_APP_UPSTREAM_TIMEOUT", type=float, default=60.0, show_default=True,
+@click.option("--upstream-timeout", show_envvar=True, envvar="MLFLOW_APP_UPSTREAM_TIMEOUT", type=float, default=60.0, show_default=True,
               help="Seconds to wait for MLflow to start answering (and between bytes of a transfer) before the client "
                    "gets 504.")
-@click.option("--mlflow-start-timeout", envvar="MLFLOW_APP_MLFLOW_START_TIMEOUT", type=float, default=300.0, show_default=True,
+@click.option("--mlflow-start-timeout", show_envvar=True, envvar="MLFLOW_APP_MLFLOW_START_TIMEOUT", type=float, default=300.0, show_default=True,
               help="Seconds MLflow may take to become ready (migrations included) before it is restarted.")
-@click.option("--drain-seconds", envvar="MLFLOW_APP_DRAIN_SECONDS", type=float, default=8.0, show_default=True,
+@click.option("--drain-seconds", show_envvar=True, envvar="MLFLOW_APP_DRAIN_SECONDS", type=float, default=8.0, show_default=True,
               help="On SIGTERM, how long in-flight requests may finish before MLflow is stopped.")
-@click.option("--allowed-hosts", envvar="MLFLOW_SERVER_ALLOWED_HOSTS", metavar="LIST",
+@click.option("--allowed-hosts", show_envvar=True, envvar="MLFLOW_SERVER_ALLOWED_HOSTS", metavar="LIST",
               show_default="loopback, private addresses, *.databricksapps.com",
               help="Comma-separated Host names (fnmatch patterns) the server answers to; others get 403 (DNS rebinding "
                    "protection). Add the name users reach a self-hosted server by.")
-@click.option("--cors-allowed-origins", envvar="MLFLOW_SERVER_CORS_ALLOWED_ORIGINS", metavar="LIST",
+@click.option("--cors-allowed-origins", show_envvar=True, envvar="MLFLOW_SERVER_CORS_ALLOWED_ORIGINS", metavar="LIST",
               help="Comma-separated origins (besides the server's own) whose browser pages may write through the API.")
 def serve(**options) -> None:
     """Run MLflow behind the front on one port.

@@ -127,9 +127,19 @@ class MlflowProcess:
                 await asyncio.sleep(interval)
         return False
 
-    async def wait(self) -> int:
+    async def _exited(self, poll_seconds: float = 0.1) -> int:
+        """The exit code, as soon as the process itself exits.
+
+        Not `Process.wait()`: on plain asyncio (3.11) that also waits for the output pipe to close,
+        and an orphaned worker of MLflow's keeps it open.
+        """
         assert self.process
-        code = await self.process.wait()
+        while self.process.returncode is None:
+            await asyncio.sleep(poll_seconds)
+        return self.process.returncode
+
+    async def wait(self) -> int:
+        code = await self._exited()
         if self._pump:
             await asyncio.wait([self._pump], timeout=2)  # the last lines usually say why it exited
         return code
@@ -139,13 +149,14 @@ class MlflowProcess:
         if not self.process:
             return None
         self._signal_group(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.process.wait(), grace_seconds)
-        except TimeoutError:
-            log.warning("MLflow did not stop within %.0f s; killing it", grace_seconds)
+        if self.process.returncode is None:
+            try:
+                await asyncio.wait_for(self._exited(), grace_seconds)
+            except TimeoutError:
+                log.warning("MLflow did not stop within %.0f s; killing it", grace_seconds)
         # The group may still hold workers whose parent has exited: make sure none survive.
         self._signal_group(signal.SIGKILL)
-        code = await self.process.wait()
+        code = await self._exited()
         if self._pump:
             self._pump.cancel()
         return code

@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from proxy.edge_policy import DEFAULT_ALLOWED_HOSTS
+from proxy.redaction import Redactor
 
 # Store URI schemes MLflow's server accepts (SQLAlchemy dialects may carry a driver: postgresql+psycopg).
 TRACKING_STORE_SCHEMES = frozenset({"", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks"})
@@ -79,6 +80,8 @@ def installed_mlflow_ui_dir() -> Path:
 
 def uri_scheme(uri: str) -> str:
     """The scheme of a store URI without a SQLAlchemy driver part; '' for a plain path."""
+    if uri in ("databricks", "databricks-uc", "uc"):
+        return uri  # bare store names MLflow treats as schemes, not as relative paths
     if len(uri) > 1 and uri[1] == ":" and uri[0].isalpha():
         return ""  # a Windows drive letter, not a scheme
     return urlsplit(uri).scheme.split("+", 1)[0].lower()
@@ -87,25 +90,31 @@ def uri_scheme(uri: str) -> str:
 def check_scheme(option: str, uri: str | None, allowed: frozenset[str]) -> None:
     if uri is None:
         return
-    scheme = uri_scheme(uri)
+    try:
+        scheme = uri_scheme(uri)
+    except ValueError as exc:  # urlsplit refuses e.g. an unclosed '[' in the host
+        raise SettingsError(f"{option}: '{uri_for_message(uri)}' is not a valid URI ({exc}); correct it, or pass a local path.") from None
     if scheme not in allowed:
         choices = ", ".join(sorted(s for s in allowed if s))
         raise SettingsError(f"{option}: unknown scheme '{scheme}' in '{uri_for_message(uri)}'; use one of {choices}, or a local path.")
 
 
 def uri_for_message(uri: str) -> str:
-    """A URI safe to print: its password, if any, masked."""
-    parts = urlsplit(uri)
-    if parts.password:
-        return uri.replace(f":{parts.password}@", ":***@", 1)
-    return uri
+    """A URI safe to print: its password, if any, masked (in the user part or a query parameter)."""
+    try:
+        password = urlsplit(uri).password
+    except ValueError:
+        password = None  # unparsable: the Redactor's patterns below still mask user:password@
+    if password:
+        uri = uri.replace(f":{password}@", ":***@", 1)
+    return Redactor()(uri)
 
 
 def check_data_dir(data_dir: Path) -> None:
     """The data directory exists (created if needed) and we can write to it."""
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        probe = data_dir / ".write-check"
+        probe = data_dir / f".write-check-{os.getpid()}"  # per process: instances may share the directory
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:

@@ -58,6 +58,9 @@ class Supervisor:
             self.process = self.make_process(self._remember)
             await self.process.start()
             self.state.pid = self.process.pid
+            if self._stopping.is_set():  # stop() came while the child was being spawned
+                await self.process.stop(grace_seconds=5)
+                return
             if await self.process.wait_ready(self.start_timeout):
                 self.state.mark_ready()
                 self.state.last_error_lines.clear()

@@ -64,7 +64,8 @@ class EdgePolicy:
         host = host.strip().lower()
         candidates = {host, split_host(host)}
         return any(
-            fnmatch.fnmatchcase(candidate, pattern.lower())
+            # Exact match first: fnmatch reads "[::1]" as a character class, not a literal.
+            candidate == pattern.lower() or fnmatch.fnmatchcase(candidate, pattern.lower())
             for pattern in self.allowed_hosts
             for candidate in candidates
         )

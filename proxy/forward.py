@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import AsyncIterator
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import anyio
 import httpx
@@ -33,6 +34,8 @@ HOP_BY_HOP = frozenset(
 )
 # Headers the front sets itself on the way to MLflow.
 REPLACED_ON_REQUEST = frozenset({"host", "content-length", "x-forwarded-host", "x-forwarded-proto"})
+# The front's own server stamps Date; MLflow's would make a second one.
+REPLACED_ON_RESPONSE = frozenset({"date"})
 
 # Chunked uploads are spooled to learn their length (MLflow's Flask handlers read a chunked body
 # as empty); up to this size in memory, beyond it on disk.
@@ -66,7 +69,11 @@ class UpstreamClient:
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
             follow_redirects=False,
             trust_env=False,  # never route loopback traffic through a configured HTTP proxy
+            # Shared by every user: keep no cookies from one user's response for the next request.
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         )
+        # Forward the client's headers only, not httpx's defaults (Accept-Encoding, User-Agent, ...).
+        self._client.headers.clear()
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -137,7 +144,7 @@ def upstream_request_headers(request: Request, forward_origin: bool) -> list[tup
         if key.decode("latin-1").lower() not in skip and key.lower() != b"x-forwarded-for"
     ]
     client_ip = request.client.host if request.client else "unknown"
-    prior = request.headers.get("x-forwarded-for")
+    prior = ", ".join(request.headers.getlist("x-forwarded-for"))
     headers.append(("x-forwarded-for", f"{prior}, {client_ip}" if prior else client_ip))
     headers.append(("x-forwarded-proto", request.headers.get("x-forwarded-proto") or request.url.scheme))
     public_host = request.headers.get("x-forwarded-host") or request.headers.get("host") or ""
@@ -149,7 +156,7 @@ def upstream_request_headers(request: Request, forward_origin: bool) -> list[tup
 def downstream_response_headers(upstream: httpx.Response, request: Request) -> list[tuple[bytes, bytes]]:
     """MLflow's end-to-end response headers, with its internal address rewritten to the public one."""
     raw = upstream.headers.raw
-    skip = connection_scoped(raw)
+    skip = connection_scoped(raw) | REPLACED_ON_RESPONSE
     internal = str(upstream.request.url.copy_with(raw_path=b"/")).rstrip("/")
     headers = []
     for key, value in raw:
@@ -164,13 +171,14 @@ def downstream_response_headers(upstream: httpx.Response, request: Request) -> l
 
 def public_location(location: str, internal_origin: str, request: Request) -> str:
     """A redirect to the child's loopback address, pointed back at the address the client used."""
-    if not location.startswith(internal_origin):
-        return location
+    rest = location[len(internal_origin) :]
+    if not location.startswith(internal_origin) or rest[:1] not in ("", "/", "?", "#"):
+        return location  # elsewhere, e.g. another port that starts with the same digits
     scheme = request.headers.get("x-forwarded-proto") or request.url.scheme
     host = request.headers.get("x-forwarded-host") or request.headers.get("host")
     if not host:
-        return location[len(internal_origin) :] or "/"
-    return f"{scheme}://{host}{location[len(internal_origin):]}"
+        return rest or "/"
+    return f"{scheme}://{host}{rest}"
 
 
 async def request_body(request: Request) -> tuple[AsyncIterator[bytes] | bytes | None, int | None]:

@@ -1,0 +1,355 @@
+"""The MLflow child: its command line and environment, and `MlflowProcess` driving fake children."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher.mlflow_process import MlflowProcess, level_of, mlflow_command, mlflow_environment
+from launcher.settings import Settings
+from tests.launcher.fakes import (
+    child_env,
+    exit_command,
+    free_port,
+    is_gone,
+    server_command,
+    sleep_command,
+    wait_gone,
+)
+
+
+def value_of(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+# --- mlflow_command ----------------------------------------------------------------------------
+
+
+def test_command_runs_this_environments_mlflow_server(tmp_path):
+    command = mlflow_command(Settings(data_dir=tmp_path), 5123)
+    assert command[:4] == [sys.executable, "-m", "mlflow", "server"]
+    assert value_of(command, "--port") == "5123"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::", "mlflow.example.com"])
+def test_command_always_binds_loopback(tmp_path, host):
+    command = mlflow_command(Settings(host=host, data_dir=tmp_path), 5000)
+    assert value_of(command, "--host") == "127.0.0.1"
+    assert command.count("--host") == 1
+    if host != "127.0.0.1":
+        assert host not in command
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_command_workers(tmp_path, workers):
+    assert value_of(mlflow_command(Settings(workers=workers, data_dir=tmp_path), 5000), "--workers") == str(workers)
+
+
+def test_command_embedded_defaults(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    command = mlflow_command(settings, 5000)
+    assert value_of(command, "--backend-store-uri") == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert "--serve-artifacts" in command
+    assert value_of(command, "--artifacts-destination") == str(tmp_path.resolve() / "artifacts")
+    assert "--no-serve-artifacts" not in command
+    # Left to MLflow unless set.
+    assert "--registry-store-uri" not in command
+    assert "--default-artifact-root" not in command
+
+
+def test_command_explicit_stores(tmp_path):
+    settings = Settings(
+        data_dir=tmp_path,
+        backend_store_uri="postgresql://u:p@h/db",
+        registry_store_uri="databricks-uc",
+        default_artifact_root="s3://bucket/root",
+        artifacts_destination="s3://bucket/served",
+    )
+    command = mlflow_command(settings, 5000)
+    assert value_of(command, "--backend-store-uri") == "postgresql://u:p@h/db"
+    assert value_of(command, "--registry-store-uri") == "databricks-uc"
+    assert value_of(command, "--default-artifact-root") == "s3://bucket/root"
+    assert value_of(command, "--artifacts-destination") == "s3://bucket/served"
+
+
+def test_command_no_serve_artifacts(tmp_path):
+    command = mlflow_command(Settings(data_dir=tmp_path, serve_artifacts=False, artifacts_destination="s3://b/a"), 5000)
+    assert "--no-serve-artifacts" in command
+    assert "--serve-artifacts" not in command
+    assert "--artifacts-destination" not in command
+
+
+# --- mlflow_environment ------------------------------------------------------------------------
+
+
+def test_environment_drops_the_fronts_own_variables():
+    base = {
+        "MLFLOW_HOST": "0.0.0.0",
+        "MLFLOW_PORT": "8000",
+        "MLFLOW_SERVER_ALLOWED_HOSTS": "mlflow.example.com",
+        "MLFLOW_STATIC_PREFIX": "/mlflow",
+        "DATABRICKS_HOST": "https://example.cloud.databricks.com",
+        "PATH": "/usr/bin",
+    }
+    env = mlflow_environment(Settings(), base)
+    for name in ("MLFLOW_HOST", "MLFLOW_PORT", "MLFLOW_SERVER_ALLOWED_HOSTS", "MLFLOW_STATIC_PREFIX"):
+        assert name not in env
+    assert env["DATABRICKS_HOST"] == "https://example.cloud.databricks.com"
+    assert env["PATH"] == "/usr/bin"
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert base["MLFLOW_PORT"] == "8000"  # the caller's mapping is not modified
+
+
+def test_environment_defaults_to_this_process(monkeypatch):
+    monkeypatch.setenv("MLFLOW_PORT", "8000")
+    monkeypatch.setenv("SOME_UNRELATED_SETTING", "kept")
+    env = mlflow_environment(Settings())
+    assert "MLFLOW_PORT" not in env
+    assert env["SOME_UNRELATED_SETTING"] == "kept"
+
+
+@pytest.mark.parametrize(("job_execution", "value"), [(True, "true"), (False, "false")])
+def test_environment_job_execution(job_execution, value):
+    # The setting wins over whatever the environment said.
+    base = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false" if job_execution else "true"}
+    assert mlflow_environment(Settings(job_execution=job_execution), base)["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == value
+
+
+def test_environment_cors_origins():
+    env = mlflow_environment(Settings(cors_allowed_origins=("https://a.example", "https://b.example")), {})
+    assert env["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] == "https://a.example,https://b.example"
+    assert "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS" not in mlflow_environment(Settings(), {})
+
+
+def test_environment_extra_env_last():
+    env = mlflow_environment(Settings(extra_env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "PYTHONUNBUFFERED": "0"}), {})
+    assert env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+    assert env["PYTHONUNBUFFERED"] == "0"
+
+
+# --- level_of ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "level"),
+    [
+        ("2025/01/02 10:00:00 INFO mlflow.store.db.utils: Creating initial MLflow database tables...", logging.INFO),
+        ("INFO:     Uvicorn running on http://127.0.0.1:5000", logging.INFO),
+        ("ERROR:    Exception in ASGI application", logging.ERROR),
+        ("2025/01/02 10:00:00 WARNING mlflow.server: something odd", logging.WARNING),
+        ("[2025-01-02 10:00:00 +0000] [42] [WARN] Worker timeout", logging.WARNING),
+        ("CRITICAL: out of memory", logging.CRITICAL),
+        ("DEBUG sqlalchemy: pool checkout", logging.DEBUG),
+        ("Traceback (most recent call last):", logging.INFO),
+        ("ERRORS are not a level", logging.INFO),
+        ("error: lower case is prose", logging.INFO),
+        ("", logging.INFO),
+        ("x" * 130 + " ERROR too late in the line to be its level", logging.INFO),
+    ],
+)
+def test_level_of(line, level):
+    assert level_of(line) == level
+
+
+# --- MlflowProcess with fake children ----------------------------------------------------------
+
+
+@pytest.fixture
+async def spawn():
+    """Builds MlflowProcess objects whose output is collected; stops whatever is left at the end."""
+    made: list[MlflowProcess] = []
+
+    def spawn(command: list[str], port: int | None = None, **env: str) -> tuple[MlflowProcess, list[str]]:
+        lines: list[str] = []
+        process = MlflowProcess(command, child_env(**env), f"http://127.0.0.1:{port or free_port()}", lines.append)
+        made.append(process)
+        return process, lines
+
+    yield spawn
+    for process in made:
+        if process.process and process.process.returncode is None:
+            await process.stop(grace_seconds=0.5)
+
+
+async def test_wait_ready_true_once_health_answers_200(spawn):
+    port = free_port()
+    process, lines = spawn(server_command(port, delay=0.4), port)
+    await process.start()
+    started = time.monotonic()
+    assert await process.wait_ready(timeout=10, interval=0.05)
+    assert time.monotonic() - started >= 0.35  # not before it listens
+    assert process.returncode is None
+    assert "INFO listening" in lines
+
+
+async def test_wait_ready_false_while_health_answers_503(spawn):
+    port = free_port()
+    process, _ = spawn(server_command(port, unhealthy=1.2), port)
+    await process.start()
+    started = time.monotonic()
+    assert not await process.wait_ready(timeout=0.6, interval=0.05)
+    assert 0.55 <= time.monotonic() - started < 3
+    assert process.returncode is None  # timing out does not stop it: that is the caller's choice
+    assert await process.wait_ready(timeout=10, interval=0.05)
+
+
+async def test_wait_ready_false_when_it_exits_first(spawn):
+    process, lines = spawn(exit_command(3, "ERROR cannot open the database"))
+    await process.start()
+    started = time.monotonic()
+    assert not await process.wait_ready(timeout=30, interval=0.05)
+    assert time.monotonic() - started < 3  # it noticed the exit, not the timeout
+    assert await process.wait() == 3
+    assert process.returncode == 3
+    assert lines == ["ERROR cannot open the database"]
+
+
+async def test_wait_ready_false_after_timeout_when_silent(spawn):
+    process, _ = spawn(sleep_command())
+    await process.start()
+    started = time.monotonic()
+    assert not await process.wait_ready(timeout=0.4, interval=0.05)
+    assert time.monotonic() - started < 3
+
+
+async def test_output_lines_reach_on_output_and_the_mlflow_logger(spawn, caplog):
+    caplog.set_level(logging.DEBUG, logger="mlflow")
+    port = free_port()
+    process, lines = spawn(server_command(port), port)
+    await process.start()
+    assert await process.wait_ready(timeout=10, interval=0.05)
+    # Empty lines are dropped, trailing whitespace stripped.
+    assert lines[:3] == [f"INFO fake mlflow starting on {port}", "   WARNING trailing spaces", "INFO listening"]
+    records = [(r.name, r.levelno, r.getMessage()) for r in caplog.records if r.name == "mlflow"]
+    assert ("mlflow", logging.WARNING, "   WARNING trailing spaces") in records
+    assert ("mlflow", logging.INFO, "INFO listening") in records
+
+
+async def test_wait_returns_the_code_after_the_last_lines(spawn):
+    many = [f"line {n}" for n in range(200)]
+    process, lines = spawn(exit_command(7, *many))
+    await process.start()
+    assert await process.wait() == 7
+    assert lines == many
+
+
+async def test_child_leads_its_own_process_group(spawn):
+    process, _ = spawn(sleep_command())
+    await process.start()
+    assert os.getpgid(process.pid) == process.pid
+    assert os.getpgid(process.pid) != os.getpgid(0)
+
+
+async def test_stop_terminates_a_well_behaved_child_quickly(spawn):
+    port = free_port()
+    process, _ = spawn(server_command(port), port)
+    await process.start()
+    assert await process.wait_ready(timeout=10, interval=0.05)
+    started = time.monotonic()
+    assert await process.stop(grace_seconds=5) == -signal.SIGTERM
+    assert time.monotonic() - started < 2
+    assert is_gone(process.pid)
+
+
+async def grandchild_pid(lines: list[str]) -> int:
+    for _ in range(200):
+        for line in lines:
+            if line.startswith("grandchild "):
+                return int(line.split()[1])
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the fake child never reported its grandchild: {lines}")
+
+
+async def test_stop_kills_a_grandchild_that_ignores_sigterm(spawn):
+    """The grandchild keeps the output pipe open, as MLflow's uvicorn workers do."""
+    port = free_port()
+    process, lines = spawn(server_command(port), port, SPAWN_GRANDCHILD="inherit")
+    await process.start()
+    grandchild = await grandchild_pid(lines)
+    assert await process.wait_ready(timeout=10, interval=0.05)
+    await asyncio.sleep(0.2)  # let the grandchild install its SIGTERM handler
+    started = time.monotonic()
+    await process.stop(grace_seconds=0.5)
+    assert time.monotonic() - started < 0.5 + 1.5
+    assert wait_gone(grandchild, timeout=1), "grandchild survived stop()"
+    assert is_gone(process.pid)
+
+
+async def test_stop_reaps_a_detached_grandchild_left_in_the_group(spawn):
+    """The child exits on SIGTERM at once; its grandchild (not holding the pipe) is killed anyway."""
+    port = free_port()
+    process, lines = spawn(server_command(port), port, SPAWN_GRANDCHILD="devnull")
+    await process.start()
+    grandchild = await grandchild_pid(lines)
+    assert await process.wait_ready(timeout=10, interval=0.05)
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    await process.stop(grace_seconds=5)
+    assert time.monotonic() - started < 2  # did not wait out the grace period
+    assert wait_gone(grandchild, timeout=1), "grandchild survived stop()"
+
+
+@pytest.mark.parametrize("grace", [0, 1])
+async def test_stop_after_exit_returns_the_code_quietly(spawn, caplog, grace):
+    process, _ = spawn(exit_command(4))
+    await process.start()
+    await process.wait()
+    caplog.set_level(logging.INFO, logger="mlflow_app")
+    caplog.clear()
+    started = time.monotonic()
+    assert await process.stop(grace_seconds=grace) == 4
+    assert time.monotonic() - started < 0.5
+    assert not [r for r in caplog.records if r.name == "mlflow_app.launcher" and r.levelno >= logging.WARNING]
+
+
+async def test_stop_warns_when_the_grace_period_runs_out(spawn, caplog):
+    caplog.set_level(logging.INFO, logger="mlflow_app")
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    process, lines = spawn([sys.executable, "-c", stubborn])
+    await process.start()
+    while not lines:
+        await asyncio.sleep(0.02)
+    assert await process.stop(grace_seconds=0.3) == -signal.SIGKILL
+    assert any("did not stop within" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+async def test_stop_before_start_is_a_no_op(spawn):
+    process, _ = spawn(sleep_command())
+    assert process.pid is None and process.returncode is None
+    assert await process.stop(grace_seconds=1) is None
+
+
+def test_child_dies_with_a_killed_front(tmp_path: Path):
+    """SIGKILL to the front cannot be handled; the child must not outlive it (PR_SET_PDEATHSIG)."""
+    front = r"""
+import asyncio, os, sys
+from launcher.mlflow_process import MlflowProcess
+
+async def main():
+    command = [sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(120)"]
+    child = MlflowProcess(command, dict(os.environ), "http://127.0.0.1:1", lambda line: print("child", line, flush=True))
+    await child.start()
+    await asyncio.sleep(120)
+
+asyncio.run(main())
+"""
+    process = subprocess.Popen([sys.executable, "-c", front], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("child "), line
+        child = int(line.split()[1])
+        assert not is_gone(child)
+        process.kill()
+        process.wait()
+        assert wait_gone(child, timeout=3), "the MLflow child outlived a SIGKILLed front"
+    finally:
+        process.kill()
+        process.wait()

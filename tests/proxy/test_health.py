@@ -1,0 +1,96 @@
+"""`/health`: 200 only when MLflow is ready, otherwise 503 saying why."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from proxy.health import health_response
+from proxy.upstream import UpstreamPhase, UpstreamState
+
+NOT_READY = [phase for phase in UpstreamPhase if phase is not UpstreamPhase.READY]
+
+
+def body_of(response) -> dict:
+    return json.loads(response.body)
+
+
+def state_in(phase: UpstreamPhase, **fields) -> UpstreamState:
+    state = UpstreamState(base_url="http://127.0.0.1:1", **fields)
+    if phase is UpstreamPhase.READY:
+        state.mark_ready()
+    else:
+        state.mark(phase)
+    return state
+
+
+def test_ready_answers_200_ok():
+    response = health_response(state_in(UpstreamPhase.READY, restarts=2, pid=4321))
+
+    assert response.status_code == 200
+    body = body_of(response)
+    assert body["status"] == "ok"
+    assert body["front"] == "ready"
+    assert body["mlflow"]["state"] == "ready"
+    assert body["mlflow"]["restarts"] == 2
+    assert body["mlflow"]["uptime_seconds"] >= 0
+
+
+@pytest.mark.parametrize("phase", NOT_READY, ids=lambda phase: phase.value)
+def test_not_ready_answers_503_naming_the_phase(phase):
+    response = health_response(state_in(phase))
+
+    assert response.status_code == 503
+    body = body_of(response)
+    assert body["status"] == "unavailable"
+    assert body["reason"] == f"mlflow is {phase.value}"
+    assert body["mlflow"]["state"] == phase.value
+    assert body["front"] == "ready"
+    assert response.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize("phase", NOT_READY, ids=lambda phase: phase.value)
+def test_not_ready_includes_mlflows_last_output_and_exit_code(phase):
+    state = state_in(phase, last_exit_code=1)
+    state.last_error_lines.extend(["Traceback (most recent call last):", "sqlalchemy.exc.OperationalError: no such table"])
+
+    body = body_of(health_response(state))
+
+    assert body["mlflow"]["last_output"] == ["Traceback (most recent call last):", "sqlalchemy.exc.OperationalError: no such table"]
+    assert body["mlflow"]["last_exit_code"] == 1
+
+
+def test_not_ready_without_output_has_no_last_output():
+    assert "last_output" not in body_of(health_response(state_in(UpstreamPhase.STARTING)))["mlflow"]
+
+
+def test_ready_leaves_out_old_output_but_keeps_the_last_exit_code():
+    # After a restart the previous crash's output is history, not a reason for alarm.
+    state = state_in(UpstreamPhase.READY, last_exit_code=137, restarts=1)
+    state.last_error_lines.append("Killed")
+
+    body = body_of(health_response(state))
+
+    assert "last_output" not in body["mlflow"]
+    assert body["mlflow"]["last_exit_code"] == 137
+
+
+def test_uptime_counts_only_while_ready():
+    assert body_of(health_response(state_in(UpstreamPhase.RESTARTING)))["mlflow"]["uptime_seconds"] == 0.0
+
+
+async def test_health_over_http_follows_the_state_as_it_changes(start_front):
+    front = start_front(phase=UpstreamPhase.STARTING)
+    async with httpx.AsyncClient(base_url=front.url, trust_env=False) as http:
+        starting = await http.get("/health")
+        front.state.mark_ready()
+        ready = await http.get("/health")
+        front.state.mark(UpstreamPhase.RESTARTING)
+        restarting = await http.get("/health")
+
+    assert (starting.status_code, starting.json()["reason"]) == (503, "mlflow is starting")
+    assert (ready.status_code, ready.json()["status"]) == (200, "ok")
+    assert (restarting.status_code, restarting.json()["reason"]) == (503, "mlflow is restarting")
+    assert starting.headers["content-type"] == "application/json"

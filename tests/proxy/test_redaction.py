@@ -1,0 +1,120 @@
+"""Redactor: what it masks in free text, and what it leaves alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.redaction import MASK, SECRET_ENV_VARS, Redactor
+
+TOKEN = "dapi0123456789abcdef0123456789abcdef"
+
+
+def test_known_secret_values_are_masked_wherever_they_appear():
+    redact = Redactor([TOKEN, "s3cr3t-client-secret"])
+
+    text = redact(f"auth with {TOKEN} failed; retrying with s3cr3t-client-secret and {TOKEN}")
+
+    assert TOKEN not in text and "s3cr3t-client-secret" not in text
+    assert text == f"auth with {MASK} failed; retrying with {MASK} and {MASK}"
+
+
+def test_a_secret_containing_another_is_masked_whole():
+    # The longer one goes first, so no tail of it survives the shorter one's replacement.
+    redact = Redactor(["abcdef", "abcdef-123456"])
+
+    assert redact("key=abcdef-123456!") == f"key={MASK}!"
+
+
+@pytest.mark.parametrize("short", ["", "a", "12345", "true"])
+def test_short_values_are_not_masked(short):
+    redact = Redactor([short])
+
+    assert redact.secrets == []
+    assert redact("a true 12345 value") == "a true 12345 value"
+
+
+def test_six_characters_is_long_enough_to_mask():
+    assert Redactor(["pa55wd"])("login pa55wd ok") == f"login {MASK} ok"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("postgresql://u:p@h/db", f"postgresql://u:{MASK}@h/db"),
+        ("postgresql+psycopg2://mlflow:hunter2@db.internal:5432/mlflow", f"postgresql+psycopg2://mlflow:{MASK}@db.internal:5432/mlflow"),
+        ("mysql://root:p%40ss@127.0.0.1/x", f"mysql://root:{MASK}@127.0.0.1/x"),
+        ("backend store: postgresql://u:p@h/db, artifacts: s3://bucket/x", f"backend store: postgresql://u:{MASK}@h/db, artifacts: s3://bucket/x"),
+        ("postgresql://h:5432/db", "postgresql://h:5432/db"),  # a port is not a password
+        ("https://user@example.com/x", "https://user@example.com/x"),  # no password at all
+        ("sqlite:///tmp/mlflow.db", "sqlite:///tmp/mlflow.db"),
+    ],
+)
+def test_passwords_inside_uris_are_masked(text, expected):
+    assert Redactor()(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"Authorization: Bearer {TOKEN}", f"Authorization: Bearer {MASK}"),
+        ("authorization: bearer eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl", f"authorization: bearer {MASK}"),
+        ("BEARER abc/def+ghi=", f"BEARER {MASK}"),
+    ],
+)
+def test_bearer_tokens_are_masked(text, expected):
+    assert Redactor()(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("GET /x?token=abc123&run_id=7", f"GET /x?token={MASK}&run_id=7"),
+        ("GET /x?run_id=7&access_token=abc123", f"GET /x?run_id=7&access_token={MASK}"),
+        ("client_secret=xyz789 scope=all", f"client_secret={MASK} scope=all"),
+        ("https://b.s3.amazonaws.com/k?X-Amz-Signature=deadbeef&X-Amz-Credential=AKIA/x", f"https://b.s3.amazonaws.com/k?X-Amz-Signature={MASK}&X-Amz-Credential={MASK}"),
+        ("SECRET=shh", f"SECRET={MASK}"),
+        ("password=hunter2", f"password={MASK}"),
+        ("run_id=7&experiment_id=1", "run_id=7&experiment_id=1"),
+    ],
+)
+def test_secret_query_parameters_are_masked(text, expected):
+    assert Redactor()(text) == expected
+
+
+def test_ordinary_text_is_left_alone():
+    line = "INFO mlflow.server: started on http://127.0.0.1:5000 with 1 worker"
+    assert Redactor([TOKEN])(line) == line
+
+
+def test_from_environment_masks_the_values_of_secret_variables():
+    environ = {
+        "DATABRICKS_TOKEN": TOKEN,
+        "DATABRICKS_CLIENT_SECRET": "dose0123456789abcdef",
+        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCY",
+        "DATABRICKS_HOST": "https://adb-123.azuredatabricks.net",  # not a secret
+        "PGPASSWORD": "",  # set but empty: nothing to mask
+    }
+
+    redact = Redactor.from_environment(environ)
+
+    text = redact(" ".join(environ.values()))
+    assert TOKEN not in text
+    assert "dose0123456789abcdef" not in text
+    assert "wJalrXUtnFEMI/K7MDENG/bPxRfiCY" not in text
+    assert "https://adb-123.azuredatabricks.net" in text
+    assert sorted(redact.secrets) == sorted([TOKEN, "dose0123456789abcdef", "wJalrXUtnFEMI/K7MDENG/bPxRfiCY"])
+
+
+def test_from_environment_reads_the_process_environment_by_default(monkeypatch):
+    for name in SECRET_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tracking-token-value")
+
+    assert Redactor.from_environment()("sent tracking-token-value") == f"sent {MASK}"
+
+
+def test_from_environment_with_no_secrets_masks_only_patterns():
+    redact = Redactor.from_environment({"HOME": "/home/mlflow-user"})
+
+    assert redact.secrets == []
+    assert redact("home is /home/mlflow-user") == "home is /home/mlflow-user"
