@@ -9,8 +9,8 @@ import time
 
 from proxy.redaction import Redactor
 
-# Which part of the tree a logger belongs to, as the `source` field shows it.
-SOURCES = {"mlflow": "mlflow", "uvicorn": "front", "mlflow_app": "front"}
+# The logger that carries the MLflow child's output. Not "mlflow": importing mlflow takes that one over.
+CHILD_LOGGER = "mlflow_app.child"
 
 
 def printable(text: str) -> str:
@@ -21,8 +21,8 @@ def printable(text: str) -> str:
 
 
 def source_of(record: logging.LogRecord) -> str:
-    root = record.name.split(".", 1)[0]
-    return SOURCES.get(root, "front")
+    """Which process a line comes from: `mlflow` for the child's output, `front` for ours."""
+    return "mlflow" if record.name == CHILD_LOGGER else "front"
 
 
 class JsonFormatter(logging.Formatter):

@@ -13,10 +13,11 @@ from collections.abc import Callable
 
 import httpx
 
+from launcher.logs import CHILD_LOGGER
 from launcher.settings import Settings
 
 log = logging.getLogger("mlflow_app.launcher")
-mlflow_log = logging.getLogger("mlflow")
+mlflow_log = logging.getLogger(CHILD_LOGGER)
 
 # Our own variables that must not leak into the child with a different meaning: MLflow reads
 # MLFLOW_HOST/PORT as its bind address and MLFLOW_SERVER_ALLOWED_HOSTS as the hosts it answers,

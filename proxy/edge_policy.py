@@ -8,6 +8,7 @@ public names instead, and then hands MLflow a request it accepts.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import urlsplit
@@ -49,6 +50,23 @@ def normalise_authority(scheme: str, netloc: str) -> str:
     return netloc
 
 
+def is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def host_matches(name: str, pattern: str) -> bool:
+    """One Host name against one allowed-hosts pattern."""
+    if name == pattern:
+        return True  # exact first: fnmatch reads "[::1]" as a character class
+    if (pattern[:1].isdigit() or pattern.startswith("[")) and not is_ip_literal(name):
+        return False  # address patterns such as 10.* are for addresses, not for "10.evil.example"
+    return fnmatch.fnmatchcase(name, pattern)
+
+
 @dataclass(frozen=True)
 class EdgePolicy:
     """Host and Origin rules, fnmatch patterns as MLflow's `--allowed-hosts` and CORS settings take."""
@@ -63,12 +81,7 @@ class EdgePolicy:
             return True
         host = host.strip().lower()
         candidates = {host, split_host(host)}
-        return any(
-            # Exact match first: fnmatch reads "[::1]" as a character class, not a literal.
-            candidate == pattern.lower() or fnmatch.fnmatchcase(candidate, pattern.lower())
-            for pattern in self.allowed_hosts
-            for candidate in candidates
-        )
+        return any(host_matches(candidate, pattern.lower()) for pattern in self.allowed_hosts for candidate in candidates)
 
     def origin_verdict(self, origin: str | None, public_host: str, scheme: str) -> OriginVerdict:
         if origin is None:

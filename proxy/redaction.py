@@ -21,7 +21,8 @@ SECRET_ENV_VARS = (
     "PGPASSWORD",
 )
 MASK = "***"
-_URI_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/?#@\s]+:)[^@\s/]+(?P<at>@)")
+# The password runs to the last "@" before any whitespace: unencoded "/" or "@" in it stay masked.
+_URI_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/?#@\s]+:)[^\s]+(?P<at>@)")
 _BEARER = re.compile(r"(?i)(bearer\s+)[\w\-.~+/=]+")
 _SECRET_PARAM = re.compile(r"(?i)((?:token|secret|password|sig|signature|credential)[\w-]*=)[^&\s\"']+")
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from launcher.logs import JsonFormatter, TextFormatter, configure_logging, printable, source_of
+from launcher.logs import CHILD_LOGGER, JsonFormatter, TextFormatter, configure_logging, printable, source_of
 from proxy.redaction import Redactor
 
 SECRET = "dapi-0123456789abcdef-secret"
@@ -99,7 +99,7 @@ def test_json_keeps_a_hostile_path_on_one_line_and_intact(as_json):
 def test_json_masks_secrets_in_message_fields_and_errors(as_json):
     line = as_json.format(
         record(
-            "mlflow",
+            CHILD_LOGGER,
             f"connecting to postgresql://mlflow:pg-pass-77@db/mlflow with Bearer {SECRET}",
             fields={**REQUEST_FIELDS, "user": f"token={SECRET}"},
             exc_info=raised(),
@@ -120,7 +120,7 @@ def test_json_non_ascii_stays_readable(as_json):
 
 
 def test_text_line_shape(as_text):
-    line = as_text.format(record("mlflow", "INFO mlflow.store: creating tables", logging.INFO))
+    line = as_text.format(record(CHILD_LOGGER, "INFO mlflow.store: creating tables", logging.INFO))
     assert re.fullmatch(r"\d\d:\d\d:\d\d INFO    mlflow \| INFO mlflow.store: creating tables", line), line
 
 
@@ -152,7 +152,7 @@ def test_text_escapes_control_characters(as_text, raw, shown):
 
 def test_text_masks_secrets(as_text):
     line = as_text.format(
-        record("mlflow", f"GET /x?access_token={SECRET} via https://user:hunter2pass@host/ Authorization: Bearer abc.def", exc_info=raised())
+        record(CHILD_LOGGER, f"GET /x?access_token={SECRET} via https://user:hunter2pass@host/ Authorization: Bearer abc.def", exc_info=raised())
     )
     assert SECRET not in line and "hunter2pass" not in line and "abc.def" not in line
     assert "access_token=***" in line and "https://user:***@host/" in line and "Bearer ***" in line
@@ -175,8 +175,9 @@ def test_printable_leaves_ordinary_text_alone():
 @pytest.mark.parametrize(
     ("logger", "source"),
     [
-        ("mlflow", "mlflow"),
-        ("mlflow.store.db.utils", "mlflow"),
+        (CHILD_LOGGER, "mlflow"),
+        ("mlflow", "front"),  # the mlflow library imported into the front is the front's own code
+        ("mlflow.store.db.utils", "front"),
         ("mlflow_app", "front"),
         ("mlflow_app.request", "front"),
         ("mlflow_app.launcher", "front"),
@@ -216,8 +217,8 @@ def test_configure_logging_one_handler_on_stdout(restore_logging, capsys, log_fo
     assert len(root.handlers) == 1 and isinstance(root.handlers[0].formatter, formatter)
     assert root.level == logging.WARNING
     assert logging.getLogger("uvicorn.access").disabled
-    logging.getLogger("mlflow").warning("token %s leaked", SECRET)
-    logging.getLogger("mlflow").info("below the level")
+    logging.getLogger(CHILD_LOGGER).warning("token %s leaked", SECRET)
+    logging.getLogger(CHILD_LOGGER).info("below the level")
     out, err = capsys.readouterr()
     assert err == ""
     assert out.count("\n") == 1 and "below the level" not in out

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.logs import CHILD_LOGGER
 from launcher.mlflow_process import MlflowProcess, level_of, mlflow_command, mlflow_environment
 from launcher.settings import Settings
 from tests.launcher.fakes import (
@@ -221,16 +222,16 @@ async def test_wait_ready_false_after_timeout_when_silent(spawn):
 
 
 async def test_output_lines_reach_on_output_and_the_mlflow_logger(spawn, caplog):
-    caplog.set_level(logging.DEBUG, logger="mlflow")
+    caplog.set_level(logging.DEBUG, logger=CHILD_LOGGER)
     port = free_port()
     process, lines = spawn(server_command(port), port)
     await process.start()
     assert await process.wait_ready(timeout=10, interval=0.05)
     # Empty lines are dropped, trailing whitespace stripped.
     assert lines[:3] == [f"INFO fake mlflow starting on {port}", "   WARNING trailing spaces", "INFO listening"]
-    records = [(r.name, r.levelno, r.getMessage()) for r in caplog.records if r.name == "mlflow"]
-    assert ("mlflow", logging.WARNING, "   WARNING trailing spaces") in records
-    assert ("mlflow", logging.INFO, "INFO listening") in records
+    records = [(r.name, r.levelno, r.getMessage()) for r in caplog.records if r.name == CHILD_LOGGER]
+    assert (CHILD_LOGGER, logging.WARNING, "   WARNING trailing spaces") in records
+    assert (CHILD_LOGGER, logging.INFO, "INFO listening") in records
 
 
 async def test_wait_returns_the_code_after_the_last_lines(spawn):

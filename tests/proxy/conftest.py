@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
 import socket
@@ -10,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import httpx
 import pytest
@@ -23,6 +25,7 @@ INDEX_HTML = b"<!doctype html><html><head><title>MLflow</title></head><body>ui</
 UPSTREAM_TIMEOUT = 1.0
 SSE_GAP_SECONDS = 0.3
 DOWNLOAD_CHUNK = 1024 * 1024
+GZIPPED_JSON = gzip.compress(json.dumps({"runs": [{"run_id": str(i)} for i in range(200)]}).encode(), mtime=0)
 
 
 def bound_socket() -> socket.socket:
@@ -113,6 +116,7 @@ class FakeMlflow:
             "/slow": self.slow,
             "/hop-headers": self.hop_headers,
             "/download": self.download,
+            "/gzipped": self.gzipped,
         }.get(scope["path"], self.echo)
         await route(scope, receive, send)
 
@@ -196,9 +200,13 @@ class FakeMlflow:
         await send({"type": "http.response.body", "body": b"hop ", "more_body": True})
         await send({"type": "http.response.body", "body": b"done"})
 
+    async def gzipped(self, scope, receive, send) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-encoding", b"gzip")]
+        await self._respond(send, 200, GZIPPED_JSON, headers)
+
     async def download(self, scope, receive, send) -> None:
         """`?mib=N` MiB generated on the fly; stops early (and records it) when the caller hangs up."""
-        size = int(dict(p.split("=") for p in scope["query_string"].decode().split("&") if p).get("mib", 64)) * DOWNLOAD_CHUNK
+        size = int(parse_qs(scope["query_string"].decode()).get("mib", ["64"])[0]) * DOWNLOAD_CHUNK
         self.download_sent = 0
         headers = [(b"content-type", b"application/octet-stream"), (b"content-length", str(size).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})

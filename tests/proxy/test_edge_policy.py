@@ -166,3 +166,14 @@ def test_default_origin_verdict(origin, public_host, scheme, verdict):
 def test_configured_origin_verdict(allowed_origins, origin, verdict):
     policy = EdgePolicy(allowed_origins=allowed_origins)
     assert policy.origin_verdict(origin, PUBLIC, "https") is verdict
+
+
+@pytest.mark.parametrize("host", ["10.evil.example", "192.168.attacker.example:8000", "172.16.x.example", "fd00.example"])
+def test_address_patterns_do_not_admit_host_names_that_start_with_digits(host):
+    # A DNS-rebinding page can be served from a name like 10.evil.example; only real addresses match 10.*.
+    assert not EdgePolicy().host_allowed(host)
+
+
+@pytest.mark.parametrize("host", ["10.1.2.3", "10.1.2.3:8000", "192.168.0.7", "172.31.0.1:443", "[fd12::1]:8000"])
+def test_address_patterns_admit_private_addresses(host):
+    assert EdgePolicy().host_allowed(host)

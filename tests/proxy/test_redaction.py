@@ -118,3 +118,12 @@ def test_from_environment_with_no_secrets_masks_only_patterns():
 
     assert redact.secrets == []
     assert redact("home is /home/mlflow-user") == "home is /home/mlflow-user"
+
+
+@pytest.mark.parametrize(
+    ("text", "password"),
+    [("postgresql://u:ab/cd@h/db", "ab/cd"), ("postgresql://u:p@ss@h/db", "p@ss"), ("mysql://u:x?y#z@h/db", "x?y#z")],
+)
+def test_unencoded_special_characters_in_uri_passwords_stay_masked(text, password):
+    masked = Redactor()(text)
+    assert password not in masked and masked.endswith("***@h/db")
