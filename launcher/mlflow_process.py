@@ -21,8 +21,9 @@ mlflow_log = logging.getLogger(CHILD_LOGGER)
 
 # Our own variables that must not leak into the child with a different meaning: MLflow reads
 # MLFLOW_HOST/PORT as its bind address and MLFLOW_SERVER_ALLOWED_HOSTS as the hosts it answers,
-# but the child binds loopback and only ever sees the front's loopback Host.
-FRONT_ONLY_ENV = ("MLFLOW_HOST", "MLFLOW_PORT", "MLFLOW_SERVER_ALLOWED_HOSTS", "MLFLOW_STATIC_PREFIX")
+# but the child binds loopback and only ever sees the front's loopback Host. The front's auth token
+# is a credential the child has no use for.
+FRONT_ONLY_ENV = ("MLFLOW_HOST", "MLFLOW_PORT", "MLFLOW_SERVER_ALLOWED_HOSTS", "MLFLOW_STATIC_PREFIX", "MLFLOW_APP_AUTH_TOKEN")
 _LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\b")
 PR_SET_PDEATHSIG = 1
 
@@ -113,6 +114,13 @@ class MlflowProcess:
                 self.on_output(text)
                 mlflow_log.log(level_of(text), text)
 
+    async def answers_health(self, client: httpx.AsyncClient) -> bool:
+        """Whether MLflow's own `/health` answers 200 within the client's timeout."""
+        try:
+            return (await client.get(f"{self.base_url}/health")).status_code == 200
+        except httpx.HTTPError:
+            return False  # not listening yet, or too slow
+
     async def wait_ready(self, timeout: float, interval: float = 0.2) -> bool:
         """True once MLflow's `/health` answers 200; False if it exits or `timeout` passes first."""
         deadline = asyncio.get_running_loop().time() + timeout
@@ -120,11 +128,8 @@ class MlflowProcess:
             while asyncio.get_running_loop().time() < deadline:
                 if self.returncode is not None:
                     return False
-                try:
-                    if (await client.get(f"{self.base_url}/health")).status_code == 200:
-                        return True
-                except httpx.TransportError:
-                    pass  # not listening yet
+                if await self.answers_health(client):
+                    return True
                 await asyncio.sleep(interval)
         return False
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
 
 from launcher.mlflow_process import MlflowProcess
 from proxy.redaction import Redactor
@@ -30,6 +33,15 @@ class Backoff:
         return delay
 
 
+@dataclass(frozen=True)
+class LivenessProbe:
+    """How a running MLflow is checked: `failures` health checks in a row failing means hung."""
+
+    interval: float = 10.0
+    timeout: float = 5.0
+    failures: int = 3
+
+
 class Supervisor:
     """Runs `make_process()` until stopped, publishing what it sees in `state`."""
 
@@ -40,12 +52,14 @@ class Supervisor:
         start_timeout: float,
         backoff: Backoff | None = None,
         redact: Redactor | None = None,
+        probe: LivenessProbe | None = None,
     ):
         self.make_process = make_process
         self.state = state
         self.start_timeout = start_timeout
         self.backoff = backoff or Backoff()
         self.redact = redact or Redactor()
+        self.probe = probe or LivenessProbe()
         self.process: MlflowProcess | None = None
         self._stopping = asyncio.Event()
 
@@ -61,29 +75,61 @@ class Supervisor:
             if self._stopping.is_set():  # stop() came while the child was being spawned
                 await self.process.stop(grace_seconds=5)
                 return
-            if await self.process.wait_ready(self.start_timeout):
-                self.state.mark_ready()
-                self.state.last_error_lines.clear()
-                log.info("MLflow is ready at %s (pid %s)", self.state.base_url, self.process.pid)
-            elif self.process.returncode is None and not self._stopping.is_set():
-                log.error("MLflow did not become ready within %.0f s; restarting it", self.start_timeout)
-                await self.process.stop(grace_seconds=5)
-            code = await self.process.wait()
+            code, reason = await self._run_once(self.process)
             if self._stopping.is_set():
                 return
             # Its workers may outlive it (and hold the port): clear the whole group first.
             await self.process.stop(grace_seconds=2)
-            uptime = self.state.uptime_seconds()
-            self.state.restarts += 1
-            self.state.last_exit_code = code
-            self.state.mark(UpstreamPhase.RESTARTING)
-            delay = self.backoff.next_delay(uptime)
-            last = " | ".join(list(self.state.last_error_lines)[-5:])
-            log.error("MLflow exited with code %s after %.1f s; restarting in %.0f s. Last output: %s", code, uptime, delay, last)
-            try:
-                await asyncio.wait_for(self._stopping.wait(), delay)
-            except TimeoutError:
-                pass
+            await self._before_restart(code, reason)
+
+    async def _run_once(self, process: MlflowProcess) -> tuple[int, str]:
+        """Wait for readiness, then watch until the child exits or hangs; returns (code, why)."""
+        if not await process.wait_ready(self.start_timeout):
+            self.state.failed_starts += 1
+            if process.returncode is None and not self._stopping.is_set():
+                await process.stop(grace_seconds=5)
+                return await process.wait(), f"did not become ready within {self.start_timeout:.0f} s"
+            code = await process.wait()
+            return code, f"exited with code {code} before becoming ready"
+        self.state.mark_ready()
+        self.state.failed_starts = 0
+        self.state.last_error_lines.clear()
+        log.info("MLflow is ready at %s (pid %s)", self.state.base_url, process.pid)
+        exited = asyncio.create_task(process.wait())
+        hung = asyncio.create_task(self._until_hung(process))
+        await asyncio.wait({exited, hung}, return_when=asyncio.FIRST_COMPLETED)
+        if not hung.done():
+            hung.cancel()
+            code = await exited
+            return code, f"exited with code {code}"
+        log.error("MLflow %s; replacing it", hung.result())
+        await process.stop(grace_seconds=2)
+        return await exited, hung.result()
+
+    async def _until_hung(self, process: MlflowProcess) -> str:
+        """Returns (only) once MLflow has failed `probe.failures` health checks in a row."""
+        failures = 0
+        async with httpx.AsyncClient(timeout=self.probe.timeout, trust_env=False) as client:
+            while failures < self.probe.failures:
+                await asyncio.sleep(self.probe.interval)
+                failures = 0 if await process.answers_health(client) else failures + 1
+        return f"stopped answering its health check ({failures} checks of {self.probe.timeout:g} s failed)"
+
+    async def _before_restart(self, code: int, reason: str) -> None:
+        uptime = self.state.uptime_seconds()
+        self.state.restarts += 1
+        self.state.last_exit_code = code
+        self.state.last_exit_reason = reason
+        self.state.mark(UpstreamPhase.RESTARTING)
+        delay = self.backoff.next_delay(uptime)
+        last = " | ".join(list(self.state.last_error_lines)[-5:])
+        if self.state.crash_loop:
+            log.error("MLflow is in a crash loop (%d starts failed in a row); check its output and settings. Last output: %s", self.state.failed_starts, last)
+        log.error("MLflow %s after %.1f s; restarting in %.0f s. Last output: %s", reason, uptime, delay, last)
+        try:
+            await asyncio.wait_for(self._stopping.wait(), delay)
+        except TimeoutError:
+            pass
 
     async def stop(self, grace_seconds: float) -> None:
         """Stop supervising and stop the child (its whole process group)."""

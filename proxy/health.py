@@ -15,13 +15,18 @@ def health_response(state: UpstreamState) -> JSONResponse:
     }
     if state.last_exit_code is not None:
         mlflow["last_exit_code"] = state.last_exit_code
+        mlflow["last_exit_reason"] = state.last_exit_reason
     if state.ready:
         return JSONResponse({"status": "ok", "front": "ready", "mlflow": mlflow})
     if state.last_error_lines:
         mlflow["last_output"] = list(state.last_error_lines)
+    reason = f"mlflow is {state.phase.value}"
+    if state.crash_loop:
+        mlflow["crash_loop"] = True
+        reason = f"mlflow is in a crash loop: {state.failed_starts} starts failed in a row; see last_output"
     body = {
         "status": "unavailable",
-        "reason": f"mlflow is {state.phase.value}",
+        "reason": reason,
         "front": "ready",
         "mlflow": mlflow,
     }

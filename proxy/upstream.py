@@ -30,7 +30,16 @@ class UpstreamState:
     restarts: int = 0
     ready_since: float | None = None  # monotonic clock
     last_exit_code: int | None = None
+    last_exit_reason: str | None = None
+    failed_starts: int = 0  # consecutive starts that never became ready
     last_error_lines: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+
+    CRASH_LOOP_AFTER = 3
+
+    @property
+    def crash_loop(self) -> bool:
+        """MLflow keeps exiting before it ever answers: a configuration error, not bad luck."""
+        return self.failed_starts >= self.CRASH_LOOP_AFTER
 
     @property
     def ready(self) -> bool:
