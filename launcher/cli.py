@@ -67,6 +67,13 @@ def main() -> None:
                    "protection). Add the name users reach a self-hosted server by.")
 @click.option("--cors-allowed-origins", show_envvar=True, envvar="MLFLOW_SERVER_CORS_ALLOWED_ORIGINS", metavar="LIST",
               help="Comma-separated origins (besides the server's own) whose browser pages may write through the API.")
+@click.option("--auth-token", show_envvar=True, envvar="MLFLOW_APP_AUTH_TOKEN", metavar="TOKEN",
+              help="Require this token on every request but /health: 'Authorization: Bearer <token>' (MLFLOW_TRACKING_TOKEN "
+                   "for the mlflow client), or HTTP Basic with any user name and the token as password (a browser's login "
+                   "prompt). Prefer the environment variable: a flag shows in the process list.")
+@click.option("--no-auth", show_envvar=True, envvar="MLFLOW_APP_NO_AUTH", is_flag=True, default=False,
+              help="Serve without authentication on a --host other machines can reach. Without it, such a --host needs "
+                   "--auth-token (not on Databricks Apps, which authenticates users itself).")
 def serve(**options) -> None:
     """Run MLflow behind the front on one port.
 

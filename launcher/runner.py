@@ -47,7 +47,7 @@ def free_loopback_port() -> int:
 
 def serve(settings: Settings) -> None:
     """Run until SIGTERM or Ctrl-C; raises SettingsError before starting anything that cannot work."""
-    redact = Redactor.from_environment()
+    redact = Redactor.from_environment(also=(settings.auth_token,))  # a token given as a flag too
     configure_logging(settings.log_format, settings.log_level, redact)
     try:
         assets = UiAssets(settings.effective_ui_dir)
@@ -83,6 +83,7 @@ async def run_front_and_mlflow(
         FrontConfig(
             upstream_timeout_seconds=settings.upstream_timeout,
             edge_policy=EdgePolicy(settings.allowed_hosts, settings.cors_allowed_origins),
+            auth_token=settings.auth_token,
         ),
         state,
         assets,

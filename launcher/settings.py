@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,8 @@ class Settings:
     drain_seconds: float = 8.0
     allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS
     cors_allowed_origins: tuple[str, ...] = ()
+    auth_token: str | None = field(default=None, repr=False)  # a credential: never in a repr or log
+    no_auth: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -127,6 +130,36 @@ def check_ui_dir(ui_dir: Path) -> None:
         raise SettingsError(f"--ui-dir: no MLflow UI build at '{ui_dir}' (index.html missing); point --ui-dir (MLFLOW_APP_UI_DIR) at a build, or install the full mlflow package rather than mlflow-skinny or a source checkout.")
 
 
+MIN_AUTH_TOKEN_LENGTH = 16
+
+
+def on_databricks_apps(environ: dict[str, str] | None = None) -> bool:
+    """Whether we run on Databricks Apps, whose proxy authenticates every user before us."""
+    return bool((os.environ if environ is None else environ).get("DATABRICKS_APP_NAME"))
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether listening on `host` reaches this machine only; names other than localhost count as open."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_auth(settings: Settings, environ: dict[str, str] | None = None) -> None:
+    """A usable token if one is set; and no open server on a shared network unless asked for."""
+    token = settings.auth_token
+    if token is not None:
+        if len(token) < MIN_AUTH_TOKEN_LENGTH or not token.isascii() or not token.isprintable() or " " in token:
+            raise SettingsError(f"--auth-token: use at least {MIN_AUTH_TOKEN_LENGTH} printable ASCII characters without spaces, e.g. the output of: python -c 'import secrets; print(secrets.token_urlsafe(32))'.")
+        return
+    if settings.no_auth or is_loopback_host(settings.host) or on_databricks_apps(environ):
+        return
+    raise SettingsError(f"--host: {settings.host} is reachable from other machines and no --auth-token is set; set --auth-token (MLFLOW_APP_AUTH_TOKEN), or pass --no-auth (MLFLOW_APP_NO_AUTH=true) to serve without authentication on purpose.")
+
+
 def validate(settings: Settings) -> None:
     """Raise SettingsError for the first setting that cannot work."""
     if not 0 < settings.port < 65536:
@@ -137,6 +170,7 @@ def validate(settings: Settings) -> None:
         raise SettingsError("--workers: must be at least 1.")
     if settings.upstream_timeout <= 0 or settings.mlflow_start_timeout <= 0 or settings.drain_seconds < 0:
         raise SettingsError("--upstream-timeout and --mlflow-start-timeout must be positive, --drain-seconds not negative.")
+    check_auth(settings)
     check_scheme("--backend-store-uri", settings.backend_store_uri, TRACKING_STORE_SCHEMES)
     check_scheme("--registry-store-uri", settings.registry_store_uri, REGISTRY_STORE_SCHEMES)
     check_scheme("--default-artifact-root", settings.default_artifact_root, ARTIFACT_SCHEMES)

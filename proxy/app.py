@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.assets import UiAssets
+from proxy.auth import TokenAuth
 from proxy.edge_policy import STATE_CHANGING_METHODS, EdgePolicy, OriginVerdict
 from proxy.errors import mlflow_error
 from proxy.forward import UpstreamClient
@@ -33,6 +34,8 @@ class FrontConfig:
     upstream_timeout_seconds: float = 60.0
     edge_policy: EdgePolicy = field(default_factory=EdgePolicy)
     frame_options: str = "SAMEORIGIN"
+    # When set, every request but /health needs it (proxy.auth); never printed, hence repr=False.
+    auth_token: str | None = field(default=None, repr=False)
 
 
 def create_app(config: FrontConfig, state: UpstreamState, assets: UiAssets) -> ASGIApp:
@@ -59,8 +62,9 @@ def create_app(config: FrontConfig, state: UpstreamState, assets: UiAssets) -> A
     app.add_exception_handler(Exception, unexpected_error)
 
     @app.get("/health", include_in_schema=False)
-    async def health() -> Response:
-        return health_response(state)
+    async def health(request: Request) -> Response:
+        # With auth on, /health stays open to probes but shows MLflow's output only with the token.
+        return health_response(state, with_output=request.scope.get("state", {}).get("authenticated", True))
 
     def ui_headers(response: Response) -> Response:
         response.headers.setdefault("x-content-type-options", "nosniff")
@@ -90,7 +94,8 @@ def create_app(config: FrontConfig, state: UpstreamState, assets: UiAssets) -> A
             )
         return await upstream.forward(request, forward_origin=verdict is OriginVerdict.ALLOWED)
 
-    return RequestLog(HostGuard(app, config.edge_policy))
+    guarded = TokenAuth(app, config.auth_token) if config.auth_token else app
+    return RequestLog(HostGuard(guarded, config.edge_policy))
 
 
 class HostGuard:

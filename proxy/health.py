@@ -7,7 +7,8 @@ from starlette.responses import JSONResponse
 from proxy.upstream import UpstreamState
 
 
-def health_response(state: UpstreamState) -> JSONResponse:
+def health_response(state: UpstreamState, with_output: bool = True) -> JSONResponse:
+    """The answer for `state`; MLflow's last output lines only `with_output` (not for anonymous callers)."""
     mlflow = {
         "state": state.phase.value,
         "restarts": state.restarts,
@@ -18,7 +19,7 @@ def health_response(state: UpstreamState) -> JSONResponse:
         mlflow["last_exit_reason"] = state.last_exit_reason
     if state.ready:
         return JSONResponse({"status": "ok", "front": "ready", "mlflow": mlflow})
-    if state.last_error_lines:
+    if with_output and state.last_error_lines:
         mlflow["last_output"] = list(state.last_error_lines)
     reason = f"mlflow is {state.phase.value}"
     if state.crash_loop:

@@ -25,19 +25,28 @@ MASK = "***"
 _URI_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/?#@\s]+:)[^\s]+(?P<at>@)")
 _BEARER = re.compile(r"(?i)(bearer\s+)[\w\-.~+/=]+")
 _SECRET_PARAM = re.compile(r"(?i)((?:token|secret|password|sig|signature|credential)[\w-]*=)[^&\s\"']+")
+# A request line as access logs print it (MLflow's uvicorn does): "GET /path?query HTTP/1.1".
+_REQUEST_LINE_QUERY = re.compile(r"(?P<target>\b[A-Z]{3,10} /[^\s?\"]*)\?(?P<query>[^\s\"]*)(?= HTTP/\d)")
+
+
+def _mask_query_values(match: re.Match) -> str:
+    """Query values can carry anything a client chose to put there; the names are kept for debugging."""
+    items = (name + f"={MASK}" if sep else MASK if name else "" for name, sep, _ in (i.partition("=") for i in match["query"].split("&")))
+    return f"{match['target']}?{'&'.join(items)}"
 
 
 class Redactor:
-    """Masks known secret values, passwords inside URIs and bearer tokens in free text."""
+    """Masks known secret values, passwords inside URIs, bearer tokens and request-line query values."""
 
     def __init__(self, secrets: list[str] | None = None):
         # Short values would mask ordinary words; real credentials are long.
         self.secrets = sorted({s for s in (secrets or []) if len(s) >= 6}, key=len, reverse=True)
 
     @classmethod
-    def from_environment(cls, environ: dict[str, str] | None = None) -> Redactor:
+    def from_environment(cls, environ: dict[str, str] | None = None, also: tuple[str | None, ...] = ()) -> Redactor:
+        """Masks the values of SECRET_ENV_VARS, plus `also` (secrets given as flags, not variables)."""
         environ = os.environ if environ is None else environ
-        return cls([environ[name] for name in SECRET_ENV_VARS if environ.get(name)])
+        return cls([*(environ[name] for name in SECRET_ENV_VARS if environ.get(name)), *(s for s in also if s)])
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:
@@ -45,4 +54,5 @@ class Redactor:
                 text = text.replace(secret, MASK)
         text = _URI_PASSWORD.sub(rf"\g<head>{MASK}\g<at>", text)
         text = _BEARER.sub(rf"\g<1>{MASK}", text)
+        text = _REQUEST_LINE_QUERY.sub(_mask_query_values, text)
         return _SECRET_PARAM.sub(rf"\g<1>{MASK}", text)

@@ -26,6 +26,8 @@ CONSOLE_SCRIPT = Path(sys.executable).parent / "mlflow-app"
 SERVE_OPTIONS = [p for p in serve.params if isinstance(p, click.Option) and p.name != "help"]
 ENV_VARS = sorted({name for p in SERVE_OPTIONS for name in ([p.envvar] if isinstance(p.envvar, str) else p.envvar or [])})
 FAIL_WITHIN_SECONDS = 15.0
+# The platform sets both; DATABRICKS_APP_NAME is what lets 0.0.0.0 run without a token of ours.
+ON_DATABRICKS_APPS = {"DATABRICKS_APP_NAME": "mlflow"}
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -78,6 +80,8 @@ def runs(tmp_path_factory) -> Iterator[dict[str, Run]]:
         "unparsable-uri": (["serve", "--backend-store-uri", "postgresql://u:hunter2secret@[oops/db"], {}),
         "data-dir-under-file": (["serve", "--port", str(free_port()), "--data-dir", str(blocker / "data")], {}),
         "ui-dir-no-index": (["serve", "--port", str(free_port()), *data(), "--ui-dir", str(not_a_build)], {}),
+        "open-host-no-auth": (["serve", "--host", "0.0.0.0", "--port", str(free_port()), *data()], {}),
+        "short-auth-token": (["serve", "--port", str(free_port()), *data()], {"MLFLOW_APP_AUTH_TOKEN": "hunter2secret"}),
     }
     started = time.monotonic()
     processes = {
@@ -237,6 +241,7 @@ def test_flags(captured, tmp_path, ui_dir):
             "--ui-dir", str(ui_dir), "--mlflow-port", "9200", "--log-format", "json", "--log-level", "debug",
             "--upstream-timeout", "12.5", "--mlflow-start-timeout", "30", "--drain-seconds", "0",
             "--allowed-hosts", "mlflow.example.com,*.corp", "--cors-allowed-origins", "https://a.example",
+            "--no-auth",
         ),
         captured,
     )  # fmt: skip
@@ -245,7 +250,7 @@ def test_flags(captured, tmp_path, ui_dir):
         default_artifact_root="s3://b/root", serve_artifacts=False, workers=3, job_execution=True,
         data_dir=tmp_path / "d", ui_dir=ui_dir, mlflow_port=9200, log_format="json", log_level="debug",
         upstream_timeout=12.5, mlflow_start_timeout=30.0, drain_seconds=0.0,
-        allowed_hosts=("mlflow.example.com", "*.corp"), cors_allowed_origins=("https://a.example",),
+        allowed_hosts=("mlflow.example.com", "*.corp"), cors_allowed_origins=("https://a.example",), no_auth=True,
     )  # fmt: skip
 
 
@@ -259,17 +264,17 @@ def test_port_from_mlflow_port(captured):
 
 
 def test_databricks_app_port_is_the_port_fallback(captured):
-    settings = only_run(invoke(env={"DATABRICKS_APP_PORT": "8123"}), captured)
+    settings = only_run(invoke(env={"DATABRICKS_APP_PORT": "8123", **ON_DATABRICKS_APPS}), captured)
     assert settings.port == 8123
     assert settings.host == "0.0.0.0"  # the platform's proxy must reach us
 
 
 def test_mlflow_port_beats_databricks_app_port(captured):
-    assert only_run(invoke(env={"MLFLOW_PORT": "9001", "DATABRICKS_APP_PORT": "8123"}), captured).port == 9001
+    assert only_run(invoke(env={"MLFLOW_PORT": "9001", "DATABRICKS_APP_PORT": "8123", **ON_DATABRICKS_APPS}), captured).port == 9001
 
 
 def test_flag_beats_environment(captured):
-    settings = only_run(invoke("--port", "9300", env={"MLFLOW_PORT": "9001", "DATABRICKS_APP_PORT": "8123"}), captured)
+    settings = only_run(invoke("--port", "9300", env={"MLFLOW_PORT": "9001", "DATABRICKS_APP_PORT": "8123", **ON_DATABRICKS_APPS}), captured)
     assert settings.port == 9300
 
 
@@ -347,3 +352,59 @@ def test_non_integer_port_from_environment(captured):
     assert result.exit_code == 2  # click's usage error, not a traceback
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "--port" in result.stderr and "eighty" in result.stderr
+
+
+# --- authentication at the front ----------------------------------------------------------------
+
+
+def test_open_host_without_a_token_is_refused_in_one_line(runs):
+    assert_one_error_line(runs["open-host-no-auth"], "--host: 0.0.0.0", "--auth-token", "--no-auth")
+
+
+def test_short_auth_token_is_refused_without_echoing_it(runs):
+    line = assert_one_error_line(runs["short-auth-token"], "--auth-token", "at least 16")
+    assert "hunter2secret" not in line
+
+
+def test_no_auth_lets_an_open_host_start(tmp_path):
+    """Only as far as binding the port: the refusal above is the point, not MLflow's readiness."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(CONSOLE_SCRIPT), "serve", "--host", "0.0.0.0", "--port", str(port), "--no-auth", "--data-dir", str(tmp_path / "d")],
+        cwd=tmp_path, env=clean_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + FAIL_WITHIN_SECONDS
+        listening = ""
+        while not listening and time.monotonic() < deadline and process.poll() is None:
+            line = process.stdout.readline()
+            listening = line if "mlflow-app listening on http://0.0.0.0:" in line else ""
+        assert listening, f"did not start (exit {process.poll()})"
+        while True:  # the line comes just before uvicorn calls listen()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline and process.poll() is None, "the port never accepted a connection"
+                time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_auth_settings_from_environment(captured):
+    token = "env-token-0123456789abcdef"
+    settings = only_run(invoke(env={"MLFLOW_APP_AUTH_TOKEN": token}), captured)
+    assert settings.auth_token == token and settings.no_auth is False
+    captured.clear()
+    settings = only_run(invoke("--host", "0.0.0.0", env={"MLFLOW_APP_NO_AUTH": "true"}), captured)
+    assert settings.no_auth is True and settings.auth_token is None
+
+
+def test_open_host_on_databricks_apps_needs_no_token(captured):
+    assert only_run(invoke("--host", "0.0.0.0", env=ON_DATABRICKS_APPS), captured).host == "0.0.0.0"

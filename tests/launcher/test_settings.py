@@ -282,3 +282,45 @@ def test_uri_scheme(uri, scheme):
 )
 def test_split_list(value, items):
     assert split_list(value) == items
+
+
+# --- authentication at the front -----------------------------------------------------------------
+
+TOKEN = "s3cret-front-token-0123456789"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"])
+def test_loopback_needs_no_token(make, monkeypatch, host):
+    monkeypatch.delenv("DATABRICKS_APP_NAME", raising=False)
+    validate(make(host=host))
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "10.0.0.5", "mlflow.example.com", ""])
+def test_a_reachable_host_without_a_token_is_refused(make, monkeypatch, host):
+    monkeypatch.delenv("DATABRICKS_APP_NAME", raising=False)
+    message = refusal(make(host=host))
+    assert message.startswith("--host: ")
+    assert "--auth-token (MLFLOW_APP_AUTH_TOKEN)" in message and "--no-auth (MLFLOW_APP_NO_AUTH=true)" in message
+
+
+def test_a_reachable_host_with_a_token_or_no_auth_passes(make, monkeypatch):
+    monkeypatch.delenv("DATABRICKS_APP_NAME", raising=False)
+    validate(make(host="0.0.0.0", auth_token=TOKEN))
+    validate(make(host="0.0.0.0", no_auth=True))
+
+
+def test_databricks_apps_authenticates_users_itself(make, monkeypatch):
+    monkeypatch.setenv("DATABRICKS_APP_NAME", "mlflow")
+    validate(make(host="0.0.0.0"))
+
+
+@pytest.mark.parametrize("token", ["", "short", "x" * 15, "has a space in it here", "tab\tinside-0123456789", "ünïcødé-0123456789"])
+def test_unusable_tokens_are_refused_without_being_echoed(make, token):
+    message = refusal(make(auth_token=token))
+    assert message.startswith("--auth-token: ") and "secrets.token_urlsafe" in message
+    if token:
+        assert token not in message
+
+
+def test_the_token_is_never_in_the_settings_repr(make):
+    assert TOKEN not in repr(make(auth_token=TOKEN))
