@@ -17,6 +17,7 @@ from proxy.edge_policy import STATE_CHANGING_METHODS, EdgePolicy, OriginVerdict
 from proxy.errors import mlflow_error
 from proxy.forward import UpstreamClient
 from proxy.health import health_response
+from proxy.metrics import FrontMetrics, RequestMetrics
 from proxy.request_log import RequestLog
 from proxy.upstream import UpstreamState
 
@@ -38,9 +39,12 @@ class FrontConfig:
     auth_token: str | None = field(default=None, repr=False)
 
 
-def create_app(config: FrontConfig, state: UpstreamState, assets: UiAssets) -> ASGIApp:
+def create_app(
+    config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics | None = None
+) -> ASGIApp:
     """Build the front. `state` is owned and updated by whoever supervises MLflow."""
     upstream = UpstreamClient(state, config.upstream_timeout_seconds)
+    metrics = metrics or FrontMetrics(state)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -65,6 +69,11 @@ def create_app(config: FrontConfig, state: UpstreamState, assets: UiAssets) -> A
     async def health(request: Request) -> Response:
         # With auth on, /health stays open to probes but shows MLflow's output only with the token.
         return health_response(state, with_output=request.scope.get("state", {}).get("authenticated", True))
+
+    # A route like any other: behind the Host check and whatever guards the app.
+    @app.api_route("/metrics", methods=["GET", "HEAD"], include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        return metrics.response()
 
     def ui_headers(response: Response) -> Response:
         response.headers.setdefault("x-content-type-options", "nosniff")
@@ -95,7 +104,8 @@ def create_app(config: FrontConfig, state: UpstreamState, assets: UiAssets) -> A
         return await upstream.forward(request, forward_origin=verdict is OriginVerdict.ALLOWED)
 
     guarded = TokenAuth(app, config.auth_token) if config.auth_token else app
-    return RequestLog(HostGuard(guarded, config.edge_policy))
+    # Outermost first: measured and logged whatever answers, the Host check's 403 included.
+    return RequestMetrics(RequestLog(HostGuard(guarded, config.edge_policy)), metrics)
 
 
 class HostGuard:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 
@@ -14,6 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from proxy.errors import mlflow_error
+from proxy.metrics import record_upstream_seconds
 from proxy.upstream import UpstreamState
 
 log = logging.getLogger("mlflow_app.proxy")
@@ -85,6 +87,7 @@ class UpstreamClient:
         scope = request.scope
         url = upstream_url(self.state.base_url, scope)
         headers = upstream_request_headers(request, forward_origin)
+        sent_at = None
         try:
             body, length = await request_body(request)
             if length is not None:
@@ -92,6 +95,8 @@ class UpstreamClient:
             upstream_request = self._client.build_request(
                 request.method, url, headers=headers, content=body
             )
+            # Waiting on MLflow: from the first byte sent (a streamed body included) to its headers.
+            sent_at = time.perf_counter()
             upstream = await self._client.send(upstream_request, stream=True)
         except ClientDisconnect:
             return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
@@ -106,6 +111,9 @@ class UpstreamClient:
             if not self.state.ready:
                 return self._unavailable()
             return mlflow_error(502, "MLflow closed the connection before answering; retry shortly.")
+        finally:
+            if sent_at is not None:
+                record_upstream_seconds(scope, time.perf_counter() - sent_at)
         return UpstreamResponse(upstream, downstream_response_headers(upstream, request))
 
     def _unavailable(self) -> Response:

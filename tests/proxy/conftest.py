@@ -114,6 +114,7 @@ class FakeMlflow:
             "/redirect/relative": self.redirect_relative,
             "/sse": self.sse,
             "/slow": self.slow,
+            "/delayed": self.delayed,
             "/hop-headers": self.hop_headers,
             "/download": self.download,
             "/gzipped": self.gzipped,
@@ -183,6 +184,11 @@ class FakeMlflow:
             self.slow_disconnected.set()
         except asyncio.TimeoutError:
             await self._respond(send, 200, b"too late", [])
+
+    async def delayed(self, scope, receive, send) -> None:
+        """Answers like `echo`, after `?seconds=S` (a slow MLflow that does answer in time)."""
+        await asyncio.sleep(float(parse_qs(scope["query_string"].decode()).get("seconds", ["0.2"])[0]))
+        await self.echo(scope, receive, send)
 
     async def hop_headers(self, scope, receive, send) -> None:
         self.calls.append({"hop_headers": True})
