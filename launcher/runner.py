@@ -10,6 +10,7 @@ import socket
 
 import uvicorn
 
+from launcher.http_protocol import BoundedHttpToolsProtocol
 from launcher.logs import configure_logging
 from launcher.mlflow_process import MlflowProcess, mlflow_command, mlflow_environment
 from launcher.settings import Settings, SettingsError
@@ -97,6 +98,8 @@ async def run_front_and_mlflow(
             server_header=False,
             timeout_graceful_shutdown=settings.drain_seconds,
             timeout_keep_alive=75,  # longer than typical load balancer idle timeouts
+            http=BoundedHttpToolsProtocol,  # httptools with bounds on the request head (README: Limits)
+            ws="none",  # nothing behind the front speaks WebSocket; an Upgrade is served as plain HTTP
         )
     )
     # uvicorn re-raises the stop signal after draining; a handler of ours turns that into a

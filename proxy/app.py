@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import anyio
 from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -65,6 +66,13 @@ def create_app(
 
     app.add_exception_handler(Exception, unexpected_error)
 
+    async def routing_error(request: Request, exc: HTTPException) -> Response:
+        # No route (a path with a line break in it) or a method none of them takes: MLflow's shape,
+        # not FastAPI's {"detail": ...}.
+        return mlflow_error(exc.status_code, f"{exc.detail}: {request.method} is not served at this path.", headers=exc.headers)
+
+    app.add_exception_handler(HTTPException, routing_error)
+
     @app.get("/health", include_in_schema=False)
     async def health(request: Request) -> Response:
         # With auth on, /health stays open to probes but shows MLflow's output only with the token.
@@ -117,8 +125,11 @@ class HostGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] not in UNGUARDED_PATHS:
-            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
-            if not self.policy.host_allowed(host):
+            hosts = [v.decode("latin-1") for k, v in scope["headers"] if k == b"host"]
+            if len(hosts) > 1:  # RFC 9112 §3.2: 400; the front and MLflow might each read another
+                await mlflow_error(400, "The request has more than one Host header.")(scope, receive, send)
+                return
+            if not self.policy.host_allowed(hosts[0] if hosts else ""):
                 response = mlflow_error(
                     403,
                     "This server does not answer to the host name in the request's Host header; "

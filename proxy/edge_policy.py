@@ -50,6 +50,15 @@ def normalise_authority(scheme: str, netloc: str) -> str:
     return netloc
 
 
+def valid_port(parts) -> bool:
+    """Whether a split URL's port, if any, is a number in range (urlsplit checks only on access)."""
+    try:
+        parts.port
+    except ValueError:
+        return False
+    return True
+
+
 def is_ip_literal(name: str) -> bool:
     try:
         ipaddress.ip_address(name.strip("[]"))
@@ -89,6 +98,8 @@ class EdgePolicy:
         parts = urlsplit(origin.strip())
         if parts.scheme not in DEFAULT_PORTS or not parts.netloc:
             return OriginVerdict.FOREIGN  # includes the opaque origin "null"
+        if "@" in parts.netloc or not valid_port(parts):
+            return OriginVerdict.FOREIGN  # no browser sends these; "127.0.0.1:80.evil.example" is not loopback
         if normalise_authority(parts.scheme, parts.netloc) == normalise_authority(scheme, public_host):
             return OriginVerdict.SAME_ORIGIN
         if (parts.hostname or "") in LOOPBACK_NAMES or self._origin_listed(origin.strip()):

@@ -92,9 +92,10 @@ class UpstreamClient:
             body, length = await request_body(request)
             if length is not None:
                 headers.append(("content-length", str(length)))
-            upstream_request = self._client.build_request(
-                request.method, url, headers=headers, content=body
-            )
+            # As bytes: httpx encodes str values as ASCII, and a header may carry any byte above
+            # 0x7f (a UTF-8 user name from the platform); as str that was a 500.
+            raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+            upstream_request = self._client.build_request(request.method, url, headers=raw_headers, content=body)
             # Waiting on MLflow: from the first byte sent (a streamed body included) to its headers.
             sent_at = time.perf_counter()
             upstream = await self._client.send(upstream_request, stream=True)

@@ -21,10 +21,13 @@ SECRET_ENV_VARS = (
     "PGPASSWORD",
 )
 MASK = "***"
+# Every pattern runs on each log line on the event loop, and clients choose much of that text (a
+# 64 KiB query string): each is linear in the line's length. Hence a scheme only where a word
+# starts, and bounded runs wherever a failed match would otherwise rescan the rest of the line.
 # The password runs to the last "@" before any whitespace: unencoded "/" or "@" in it stay masked.
-_URI_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/?#@\s]+:)[^\s]+(?P<at>@)")
+_URI_PASSWORD = re.compile(r"(?P<head>(?<![\w+.-])[a-zA-Z][\w+.-]{0,31}://[^:/?#@\s]{1,256}:)[^\s]{1,256}(?P<at>@)")
 _BEARER = re.compile(r"(?i)(bearer\s+)[\w\-.~+/=]+")
-_SECRET_PARAM = re.compile(r"(?i)((?:token|secret|password|sig|signature|credential)[\w-]*=)[^&\s\"']+")
+_SECRET_PARAM = re.compile(r"(?i)((?:token|secret|password|sig|signature|credential)[\w-]{0,64}=)[^&\s\"']+")
 # A request line as access logs print it (MLflow's uvicorn does): "GET /path?query HTTP/1.1".
 _REQUEST_LINE_QUERY = re.compile(r"(?P<target>\b[A-Z]{3,10} /[^\s?\"]*)\?(?P<query>[^\s\"]*)(?= HTTP/\d)")
 

@@ -177,3 +177,16 @@ def test_address_patterns_do_not_admit_host_names_that_start_with_digits(host):
 @pytest.mark.parametrize("host", ["10.1.2.3", "10.1.2.3:8000", "192.168.0.7", "172.31.0.1:443", "[fd12::1]:8000"])
 def test_address_patterns_admit_private_addresses(host):
     assert EdgePolicy().host_allowed(host)
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://127.0.0.1:8000.attacker.example",  # urlsplit reads hostname 127.0.0.1 here
+        "http://localhost:99999",
+        "http://127.0.0.1@attacker.example",
+        "http://attacker.example@127.0.0.1",
+    ],
+)
+def test_malformed_origins_are_foreign_never_loopback(origin):
+    assert DEFAULT.origin_verdict(origin, "127.0.0.1:8000", "http") is OriginVerdict.FOREIGN

@@ -449,3 +449,44 @@ async def test_databricks_apps_hosts_are_allowed_by_default(client, path):
     response = await client.get(path, headers={"Host": PUBLIC_HOST})
 
     assert response.status_code == 200
+
+
+async def test_two_host_headers_are_refused_with_400(front, fake_mlflow):
+    # The first is ours, the second foreign: whichever one a later reader picks, refuse both.
+    answer = await raw_request(
+        front.server.port,
+        f"GET /api/2.0/mlflow/experiments/search HTTP/1.1\r\nHost: {front.host}\r\nHost: attacker.example\r\n"
+        "Connection: close\r\n\r\n".encode(),
+    )
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b'"error_code":"BAD_REQUEST"' in answer and b"more than one Host header" in answer
+    assert fake_mlflow.calls == []
+
+
+@pytest.mark.parametrize("value", [b"J\xc3\xbcrgen M\xc3\xbcller", b"a\x85b", b"\xff\xfe"])
+async def test_header_values_with_non_ascii_bytes_reach_mlflow_byte_for_byte(front, fake_mlflow, value):
+    # The platform may send a UTF-8 user name; header bytes above 0x7f are legal (obs-text).
+    answer = await raw_request(
+        front.server.port,
+        b"GET /echo HTTP/1.1\r\nHost: " + front.host.encode() + b"\r\nX-Forwarded-Preferred-Username: " + value
+        + b"\r\nConnection: close\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    seen = seen_headers(last_call(fake_mlflow), "x-forwarded-preferred-username")
+    assert [v.encode("latin-1") for v in seen] == [value]
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status", "error_code"),
+    [
+        (b"GET /api/x%0d%0ay HTTP/1.1", 404, "RESOURCE_DOES_NOT_EXIST"),  # no route matches a line break
+        (b"PROPFIND /api/2.0/mlflow/experiments/search HTTP/1.1", 405, "BAD_REQUEST"),
+        (b"TRACE / HTTP/1.1", 405, "BAD_REQUEST"),
+    ],
+)
+async def test_routing_refusals_are_in_mlflows_shape(front, fake_mlflow, request_line, status, error_code):
+    answer = await raw_request(front.server.port, request_line + b"\r\nHost: " + front.host.encode() + b"\r\nConnection: close\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status)
+    assert json.loads(body)["error_code"] == error_code
+    assert fake_mlflow.calls == []

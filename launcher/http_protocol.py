@@ -1,0 +1,148 @@
+"""The front's HTTP/1.1 connections: uvicorn's httptools protocol with bounds on the request head.
+
+uvicorn puts no limit on a request's line or headers, nor on how long they may take to arrive: one
+client could make the front buffer megabytes of headers (and hand them all to MLflow), or hold
+connections open by sending a byte a minute. These bounds refuse such requests before any
+routing, with a 414, 431 or 408 in MLflow's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("mlflow_app.front")
+
+MAX_TARGET_BYTES = 32 * 1024  # the request target: path and query string
+MAX_HEAD_BYTES = 64 * 1024  # the request line and every header together
+MAX_HEADER_FIELDS = 128
+HEAD_TIMEOUT_SECONDS = 60.0  # from a connection's opening, or a head's first byte, to the head's end
+
+REASONS = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long", 431: "Request Header Fields Too Large"}
+
+
+class HeadRefused(Exception):
+    """Raised in a parser callback to stop parsing; uvicorn then calls `send_400_response`."""
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol that refuses oversized or slow request heads with 414, 431 or 408.
+
+    The limits are class attributes, so that a subclass (or a test) can change them.
+    """
+
+    max_target_bytes = MAX_TARGET_BYTES
+    max_head_bytes = MAX_HEAD_BYTES
+    max_header_fields = MAX_HEADER_FIELDS
+    head_timeout_seconds = HEAD_TIMEOUT_SECONDS
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = False  # from a message's first byte to the end of its headers
+        self._head_bytes = 0  # the URL and headers the parser has handed over
+        self._unparsed_bytes = 0  # bytes read since, while a head is still incomplete
+        self._head_fields = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refusal: tuple[int, str] | None = None
+
+    # --- the connection --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head_timer()  # a connection that never sends a request is not kept forever
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._unparsed_bytes += len(data)
+        super().data_received(data)
+        # A header still arriving is buffered whole by the parser, unseen by the callbacks below; a
+        # head still incomplete after this chunk holds all of the chunk's bytes.
+        if self._in_head and self._unparsed_bytes > self.max_head_bytes and not self.transport.is_closing():
+            self._refusal = (431, f"The request's headers exceed {self.max_head_bytes} bytes.")
+            self.send_400_response("")
+
+    # --- parser callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
+        self._unparsed_bytes = 0
+        self._head_fields = 0
+        self._start_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._head_bytes += len(url)
+        if len(self.url) > self.max_target_bytes:
+            self._refusal = (414, f"The request's URL exceeds {self.max_target_bytes} bytes.")
+            raise HeadRefused
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_fields += 1
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_fields > self.max_header_fields:
+            self._refusal = (431, f"The request has more than {self.max_header_fields} header fields.")
+            raise HeadRefused
+        if self._head_bytes > self.max_head_bytes:
+            self._refusal = (431, f"The request's headers exceed {self.max_head_bytes} bytes.")
+            raise HeadRefused
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def _unsupported_upgrade_warning(self) -> None:
+        # uvicorn's warning advises installing a WebSocket library; the front has none on purpose
+        # (ws="none") and answers an Upgrade request as plain HTTP.
+        log.debug("Upgrade request answered as plain HTTP")
+
+    # --- refusals ----------------------------------------------------------------------------
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request its parser rejects, and ours to one over a limit: JSON."""
+        status, message = self._refusal or (400, "Invalid HTTP request: the front could not parse it.")
+        self._refusal = None
+        if status != 400:
+            log.warning("refused a request from %s with %s: %s", self.client[0] if self.client else "?", status, message)
+        body = json.dumps({"error_code": "BAD_REQUEST", "message": message}).encode()
+        head = [f"HTTP/1.1 {status} {REASONS[status]}".encode()]
+        head += [name + b": " + value for name, value in self.server_state.default_headers]
+        head += [b"content-type: application/json", b"content-length: %d" % len(body), b"connection: close"]
+        self._in_head = False
+        self._cancel_head_timer()
+        if not self.transport.is_closing():
+            self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+            self.transport.close()
+
+    def _start_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout_seconds, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if not self._in_head:
+            if self.cycle is None:
+                self.transport.close()  # opened, never used: there is no one to answer
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._start_head_timer()  # a pipelined head behind a response still under way
+            return
+        self._refusal = (408, f"The request's headers did not arrive within {self.head_timeout_seconds:g} s.")
+        self.send_400_response("")
