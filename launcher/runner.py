@@ -14,7 +14,7 @@ from launcher.http_protocol import BoundedHttpToolsProtocol
 from launcher.logs import configure_logging
 from launcher.mlflow_process import MlflowProcess, mlflow_command, mlflow_environment
 from launcher.settings import Settings, SettingsError
-from launcher.supervisor import Supervisor
+from launcher.supervisor import LivenessProbe, Supervisor
 from proxy.app import FrontConfig, create_app
 from proxy.assets import UiAssets, UiAssetsMissing
 from proxy.edge_policy import EdgePolicy
@@ -79,6 +79,11 @@ async def run_front_and_mlflow(
         state,
         start_timeout=settings.mlflow_start_timeout,
         redact=redact,
+        probe=LivenessProbe(
+            interval=settings.mlflow_probe_interval,
+            timeout=min(5.0, settings.mlflow_probe_interval),
+            failures=settings.mlflow_probe_failures,
+        ),
     )
     front = create_app(
         FrontConfig(

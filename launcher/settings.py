@@ -46,6 +46,8 @@ class Settings:
     upstream_timeout: float = 60.0
     mlflow_start_timeout: float = 300.0
     drain_seconds: float = 8.0
+    mlflow_probe_interval: float = 10.0
+    mlflow_probe_failures: int = 3
     allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS
     cors_allowed_origins: tuple[str, ...] = ()
     auth_token: str | None = field(default=None, repr=False)  # a credential: never in a repr or log
@@ -168,6 +170,8 @@ def validate(settings: Settings) -> None:
         raise SettingsError(f"--mlflow-port: {settings.mlflow_port} is not a TCP port; use 0 (any free port) or 1-65535.")
     if settings.workers < 1:
         raise SettingsError("--workers: must be at least 1.")
+    if settings.mlflow_probe_interval <= 0 or settings.mlflow_probe_failures < 1:
+        raise SettingsError("--mlflow-probe-interval must be positive and --mlflow-probe-failures at least 1.")
     if settings.upstream_timeout <= 0 or settings.mlflow_start_timeout <= 0 or settings.drain_seconds < 0:
         raise SettingsError("--upstream-timeout and --mlflow-start-timeout must be positive, --drain-seconds not negative.")
     check_auth(settings)
