@@ -15,26 +15,11 @@ import httpx
 import psutil
 import pytest
 
+from tests.raw_http import exchange
+
 pytestmark = pytest.mark.e2e
 QUICK_SECONDS = 3.0
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) +(front|mlflow) +\| ")
-
-
-def exchange(port: int, data: bytes, timeout: float = 10.0) -> tuple[bytes, float]:
-    """Send `data` on a new connection and read until the server closes it (or `timeout`)."""
-    started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        try:
-            sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # refused before we finished sending: the answer is already waiting
-        answer = b""
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except ConnectionResetError:
-            pass
-    return answer, time.monotonic() - started
 
 
 def parse(answer: bytes) -> tuple[int, dict[str, str], bytes]:

@@ -4,12 +4,13 @@ nothing is tidied up on the way."""
 
 from __future__ import annotations
 
-import socket
 from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests.raw_http import exchange
 
 pytestmark = pytest.mark.e2e
 
@@ -68,18 +69,7 @@ def requests(draw) -> tuple[str, bytes, list[tuple[str, bytes | str]]]:
 
 
 def send(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        try:
-            sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        answer = b""
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except ConnectionResetError:
-            pass
-    return answer
+    return exchange(port, data, timeout=30)[0]
 
 
 @pytest.fixture(scope="module")

@@ -118,14 +118,6 @@ def runs(tmp_path_factory) -> Iterator[dict[str, Run]]:
             sock.close()
 
 
-@pytest.fixture
-def ui_dir(tmp_path: Path) -> Path:
-    build = tmp_path / "ui"
-    build.mkdir()
-    (build / "index.html").write_text("<html></html>")
-    return build
-
-
 def assert_one_error_line(run: Run, *expected: str) -> str:
     assert run.code not in (0, None), run
     assert run.seconds < FAIL_WITHIN_SECONDS, run

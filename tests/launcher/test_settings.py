@@ -20,14 +20,6 @@ from launcher.settings import (
 
 
 @pytest.fixture
-def ui_dir(tmp_path: Path) -> Path:
-    build = tmp_path / "ui"
-    build.mkdir()
-    (build / "index.html").write_text("<html></html>")
-    return build
-
-
-@pytest.fixture
 def make(tmp_path: Path, ui_dir: Path):
     """Settings that pass validation unless a test overrides something."""
 
