@@ -61,12 +61,12 @@ def main() -> None:
               help="Seconds MLflow may take to become ready (migrations included) before it is restarted.")
 @click.option("--drain-seconds", show_envvar=True, envvar="MLFLOW_APP_DRAIN_SECONDS", type=float, default=8.0, show_default=True,
               help="On SIGTERM, how long in-flight requests may finish before MLflow is stopped.")
-@click.option("--allowed-hosts", show_envvar=True, envvar="MLFLOW_SERVER_ALLOWED_HOSTS", metavar="LIST",
-              show_default="loopback, private addresses, *.databricksapps.com",
 @click.option("--mlflow-probe-interval", show_envvar=True, envvar="MLFLOW_APP_MLFLOW_PROBE_INTERVAL", type=float, default=10.0, show_default=True,
               help="Seconds between health checks of a running MLflow; each may take up to min(5, this) seconds.")
 @click.option("--mlflow-probe-failures", show_envvar=True, envvar="MLFLOW_APP_MLFLOW_PROBE_FAILURES", type=int, default=3, show_default=True,
               help="Failed health checks in a row after which MLflow counts as hung and is replaced.")
+@click.option("--allowed-hosts", show_envvar=True, envvar="MLFLOW_SERVER_ALLOWED_HOSTS", metavar="LIST",
+              show_default="loopback, private addresses, *.databricksapps.com",
               help="Comma-separated Host names (fnmatch patterns) the server answers to; others get 403 (DNS rebinding "
                    "protection). Add the name users reach a self-hosted server by.")
 @click.option("--cors-allowed-origins", show_envvar=True, envvar="MLFLOW_SERVER_CORS_ALLOWED_ORIGINS", metavar="LIST",
