@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 import click
@@ -102,3 +104,124 @@ def settings_from_options(options: dict) -> Settings:
         allowed_hosts=split_list(options["allowed_hosts"]) or DEFAULT_ALLOWED_HOSTS,
         cors_allowed_origins=split_list(options["cors_allowed_origins"]),
     )
+
+
+# Databricks Apps: render, stage, deploy. deploy/ is imported inside each command, so --help stays fast.
+PROJECT_DIR = Path(__file__).resolve().parent.parent  # the checkout whose uv.lock and packages are deployed
+STAGE_DIR = Path("build") / "databricks-app"  # inside --project-dir; databricks.yml's source_code_path
+
+
+def app_source_options(command):
+    """--env and --project-dir: what the app is made of, for render, stage and deploy alike."""
+    command = click.option("--project-dir", show_envvar=True, envvar="MLFLOW_APP_PROJECT_DIR", type=click.Path(file_okay=False, exists=True, path_type=Path), default=PROJECT_DIR, show_default="this checkout",
+                           help="The mlflow-app checkout whose uv.lock and packages are deployed.")(command)
+    return click.option("--env", "extra_env", multiple=True, metavar="NAME=VALUE",
+                        help="Another `mlflow-app serve` setting for the app, as its environment variable (e.g. MLFLOW_WORKERS=2); "
+                             "repeatable; replaces ours of the same name. Never a credential: app.yaml is uploaded in clear.")(command)
+
+
+def ui_wheel_option(command):
+    return click.option("--ui-wheel", show_envvar=True, envvar="MLFLOW_APP_UI_WHEEL", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                        help="When the locked MLflow comes from git (no UI build): take the UI from this mlflow wheel instead of "
+                             "the installed package or PyPI.")(command)
+
+
+@contextlib.contextmanager
+def deploy_errors():
+    from deploy import DeployError
+
+    try:
+        yield
+    except DeployError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command("render")
+@app_source_options
+@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default="-", show_default="stdout",
+              help="Where to write app.yaml.")
+def render_command(extra_env, project_dir, output) -> None:
+    """Print the app.yaml Databricks Apps runs: our command and the app's settings.
+
+    \b
+    The file `stage` and `deploy` upload: the workspace's tracking store and Unity Catalog registry,
+    JSON logs, artifacts on the app's volume resource, and the uploaded UI build when the locked
+    MLflow comes from git.
+    """
+    with deploy_errors():
+        from deploy.prepare import app_yaml_for
+        from deploy.render import parse_env_options
+
+        text = app_yaml_for(project_dir, parse_env_options(extra_env))
+    if str(output) == "-":
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
+@main.command("stage")
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@app_source_options
+@ui_wheel_option
+def stage_command(directory, extra_env, project_dir, ui_wheel) -> None:
+    """Build and check the folder Databricks Apps runs, without uploading it.
+
+    \b
+    DIRECTORY (default: build/databricks-app in --project-dir, where databricks.yml looks) gets our
+    packages, app.yaml, requirements.txt pinned from uv.lock, and MLflow's UI when the locked MLflow
+    has none. An earlier staging there is replaced.
+    """
+    with deploy_errors():
+        from deploy.prepare import prepare_upload
+        from deploy.render import parse_env_options
+
+        prepare_upload(project_dir, directory or project_dir / STAGE_DIR, extra_env=parse_env_options(extra_env), ui_wheel=ui_wheel, echo=click.echo)
+
+
+@main.command("deploy")
+@click.option("--app-name", required=True, show_envvar=True, envvar="MLFLOW_APP_NAME", metavar="NAME",
+              help="The app in the workspace (lowercase letters, digits, hyphens); created when it does not exist.")
+@click.option("--volume", show_envvar=True, envvar="MLFLOW_APP_VOLUME", metavar="CATALOG.SCHEMA.VOLUME",
+              help="Unity Catalog volume for artifacts, given to a new app as its resource (read and write). Needed to create "
+                   "the app; an existing app keeps its own.")
+@click.option("--source-path", show_envvar=True, envvar="MLFLOW_APP_SOURCE_PATH", metavar="PATH", show_default="/Workspace/Users/<you>/mlflow-app/<app-name>",
+              help="Workspace folder the app's files are uploaded to.")
+@click.option("--profile", show_envvar=True, envvar="DATABRICKS_CONFIG_PROFILE", metavar="NAME",
+              help="Profile in ~/.databrickscfg. Default: databricks-sdk's unified authentication (DATABRICKS_HOST with a token "
+                   "or OAuth client, else the DEFAULT profile).")
+@click.option("--dry-run", is_flag=True, default=False,
+              help="Do everything up to the upload (requirements, UI, staging, checks) and say what would follow; send nothing "
+                   "to the workspace.")
+@click.option("--stage-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Build the upload in DIR and keep it. Default: a temporary folder.")
+@click.option("--timeout", show_envvar=True, envvar="MLFLOW_APP_DEPLOY_TIMEOUT", type=float, default=1200.0, show_default=True,
+              help="Seconds to wait for the app's compute and for the deployment.")
+@click.option("--poll-interval", envvar="MLFLOW_APP_DEPLOY_POLL_INTERVAL", type=float, default=5.0, hidden=True)
+@app_source_options
+@ui_wheel_option
+def deploy_command(app_name, volume, source_path, profile, dry_run, stage_dir, timeout, poll_interval, extra_env, project_dir, ui_wheel) -> None:
+    """Deploy to Databricks Apps in one command.
+
+    \b
+    Writes requirements.txt from uv.lock, adds MLflow's UI when the locked MLflow has none, checks
+    the upload (no file over 10 MB, nothing secret), uploads it, creates the app with its volume
+    when it does not exist, deploys a snapshot, waits, and prints the app's URL and log URL.
+    """
+    with deploy_errors(), contextlib.ExitStack() as stack:
+        from deploy.prepare import prepare_upload
+        from deploy.render import parse_env_options
+        from deploy.plan import check_app_name, describe_plan, volume_full_name
+
+        check_app_name(app_name)
+        volume = volume_full_name(volume) if volume else None
+        if stage_dir is None:
+            stage_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlflow-app-deploy-"))) / "app"
+        staged = prepare_upload(project_dir, stage_dir, extra_env=parse_env_options(extra_env), ui_wheel=ui_wheel, echo=click.echo)
+        if dry_run:
+            for line in describe_plan(staged, app_name=app_name, volume=volume, source_path=source_path, profile=profile, timeout=timeout):
+                click.echo(line)
+            return
+        from deploy.workspace import AppDeployer, workspace_client  # databricks-sdk takes seconds to import
+
+        deployer = AppDeployer(workspace_client(profile), echo=click.echo, poll_interval=poll_interval, timeout=timeout)
+        deployer.run(staged, app_name=app_name, volume=volume, source_path=source_path)

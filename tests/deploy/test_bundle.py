@@ -1,0 +1,54 @@
+"""databricks.yml stays in step with app.yaml and with what `mlflow-app deploy` creates: the same folder,
+the resources app.yaml reads, the same volume grant. (Only parsed here: no Databricks CLI runs.)"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from deploy.plan import check_app_name
+from deploy.render import databricks_app_config, render_app_yaml
+from deploy.staging import STAGE_MARKER
+from deploy.workspace import DESCRIPTION, volume_resource
+from launcher.cli import STAGE_DIR
+from tests.deploy.conftest import REPO
+
+BUNDLE = yaml.safe_load((REPO / "databricks.yml").read_text(encoding="utf-8"))
+((APP_KEY, APP),) = BUNDLE["resources"]["apps"].items()
+
+
+def test_the_app_runs_the_folder_stage_builds():
+    assert APP["source_code_path"] == f"./{STAGE_DIR.as_posix()}"
+    assert f"{STAGE_DIR.as_posix()}/**" in BUNDLE["sync"]["include"]
+
+
+def test_app_yaml_is_the_one_source_of_command_and_env():
+    """A `config` here would be written as app.yml beside our app.yaml: two files that could disagree."""
+    assert "config" not in APP
+    assert STAGE_MARKER == "app.yaml"
+
+
+@pytest.mark.parametrize("ui_in_source", [False, True])
+def test_every_value_from_in_app_yaml_is_a_resource_of_the_app(ui_in_source):
+    env = yaml.safe_load(render_app_yaml(databricks_app_config(ui_in_source=ui_in_source)))["env"]
+    wanted = {item["valueFrom"] for item in env if "valueFrom" in item}
+    assert wanted and wanted <= {resource["name"] for resource in APP["resources"]}
+
+
+def test_the_volume_is_granted_as_deploy_grants_it():
+    (bundled,) = APP["resources"]
+    ours = volume_resource("${var.artifact_volume}").as_dict()
+    assert bundled == ours
+    assert BUNDLE["variables"]["artifact_volume"]["description"]
+    assert "default" not in BUNDLE["variables"]["artifact_volume"]  # each workspace names its own
+
+
+def test_name_and_description():
+    assert APP["name"] == "${var.app_name}"
+    assert check_app_name(BUNDLE["variables"]["app_name"]["default"])
+    assert APP["description"] == DESCRIPTION
+    assert APP_KEY == "mlflow_app"
+
+
+def test_secret_files_are_kept_out_of_the_sync():
+    assert {"**/.env", "**/.env.*", "**/.databrickscfg"} <= set(BUNDLE["sync"]["exclude"])
