@@ -14,7 +14,7 @@ from deploy.ui_assets import Downloader, pip_download, provide_ui
 def app_yaml_for(project_dir: Path, extra_env: Iterable[tuple[str, str]] = ()) -> str:
     """The `app.yaml` a deployment of `project_dir` uploads (no download, no upload)."""
     mlflow = locked_mlflow(project_dir / "uv.lock")
-    return render_app_yaml(databricks_app_config(ui_in_source=not mlflow.from_registry, extra_env=extra_env))
+    return render_app_yaml(databricks_app_config(ui_in_source=mlflow.needs_ui_upload, extra_env=extra_env))
 
 
 def prepare_upload(
@@ -32,7 +32,7 @@ def prepare_upload(
     must not be uploaded.
     """
     mlflow = locked_mlflow(project_dir / "uv.lock")
-    config = databricks_app_config(ui_in_source=not mlflow.from_registry, extra_env=extra_env)  # checks --env early
+    config = databricks_app_config(ui_in_source=mlflow.needs_ui_upload, extra_env=extra_env)  # checks --env early
     requirements = export_requirements(project_dir, mlflow)
     pins = sum(1 for line in requirements.splitlines() if line and not line.startswith("#"))
     echo(f"requirements.txt: {pins} packages at their uv.lock versions; {mlflow.describe()}")

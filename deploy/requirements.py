@@ -35,6 +35,11 @@ class LockedMlflow:
     def from_registry(self) -> bool:
         return self.source == "registry"
 
+    @property
+    def needs_ui_upload(self) -> bool:
+        """Whether the upload must carry a UI build: only PyPI's mlflow wheel has one of its own."""
+        return not self.from_registry
+
     def describe(self) -> str:
         if self.source == "git":
             ref = f", {self.reference}" if self.reference else ""

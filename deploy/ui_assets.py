@@ -148,7 +148,7 @@ def provide_ui(
     In order: the wheel given, the installed build when it is the locked version, the PyPI wheel of
     the nearest release (through `download`). Every source's version is checked against the lock's.
     """
-    if mlflow.from_registry:
+    if not mlflow.needs_ui_upload:
         return None
     if ui_wheel is not None:
         version = wheel_version(ui_wheel)

@@ -95,8 +95,6 @@ class AppDeployer:
         self.upload(staged, source_path)
         app = self.wait_for_compute(app)
         self.deploy_snapshot(app, source_path)
-        with step("Reading the app"):
-            app = self.client.apps.get(app_name)
         self.echo(f"App URL: {app.url}")
         self.echo(f"Logs:    {log_url(app.url or '')}")
         return app

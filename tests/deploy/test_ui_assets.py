@@ -10,7 +10,7 @@ import pytest
 
 from deploy import DeployError
 from deploy.requirements import LockedMlflow
-from deploy.ui_assets import nearest_release_spec, provide_ui
+from deploy.ui_assets import installed_mlflow, nearest_release_spec, provide_ui
 from tests.deploy.conftest import GIT_MLFLOW_VERSION, make_mlflow_wheel
 
 GIT_MLFLOW = LockedMlflow(GIT_MLFLOW_VERSION, "git", "https://github.com/mlflow/mlflow.git", "0" * 40, "branch master")
@@ -132,8 +132,6 @@ def test_a_given_wheel_of_another_major_version_is_refused(tmp_path):
 
 def test_the_real_wheel_layout(tmp_path):
     """The fake wheels put the build where MLflow's own wheel has it (checked against the installed package)."""
-    from deploy.ui_assets import installed_mlflow
-
     version, build = installed_mlflow()
     assert build is not None and build.as_posix().endswith("mlflow/server/js/build")
     with zipfile.ZipFile(make_mlflow_wheel(tmp_path, version)) as archive:
