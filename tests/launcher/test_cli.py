@@ -358,11 +358,13 @@ def test_short_auth_token_is_refused_without_echoing_it(runs):
     assert "hunter2secret" not in line
 
 
-def test_no_auth_lets_an_open_host_start(tmp_path):
-    """Only as far as binding the port: the refusal above is the point, not MLflow's readiness."""
+def test_no_auth_lets_an_open_host_start(tmp_path, ui_dir):
+    """Only as far as binding the port: the refusal above is the point, not MLflow's readiness.
+    A one-file UI build: nothing to precompress, so the front stops at once."""
     port = free_port()
     process = subprocess.Popen(
-        [str(CONSOLE_SCRIPT), "serve", "--host", "0.0.0.0", "--port", str(port), "--no-auth", "--data-dir", str(tmp_path / "d")],
+        [str(CONSOLE_SCRIPT), "serve", "--host", "0.0.0.0", "--port", str(port), "--no-auth", "--data-dir", str(tmp_path / "d"),
+         "--ui-dir", str(ui_dir), "--drain-seconds", "0"],
         cwd=tmp_path, env=clean_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True, text=True,
     )  # fmt: skip
