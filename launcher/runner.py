@@ -111,12 +111,18 @@ async def run_front_and_mlflow(
     # return, so the child is stopped below instead of the process dying with it still running.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    supervision = asyncio.create_task(supervisor.run())
-    host, port = front_socket.getsockname()[:2]
-    log.info("mlflow-app listening on http://%s:%s (MLflow on %s)", host, port, state.base_url)
+    serving = asyncio.create_task(server.serve(sockets=[front_socket]))
+    supervision: asyncio.Task | None = None
     try:
-        await server.serve(sockets=[front_socket])
+        # MLflow starts once the front listens, so /health can say "starting" from the first moment.
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.02)
+        host, port = front_socket.getsockname()[:2]
+        log.info("mlflow-app listening on http://%s:%s (MLflow on %s)", host, port, state.base_url)
+        supervision = asyncio.create_task(supervisor.run())
+        await serving
     finally:
         await supervisor.stop(CHILD_STOP_GRACE_SECONDS)
-        supervision.cancel()
+        if supervision:
+            supervision.cancel()
         log.info("mlflow-app stopped")

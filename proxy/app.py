@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from functools import partial
 from dataclasses import dataclass, field
 
 import anyio
@@ -51,7 +52,8 @@ def create_app(
     async def lifespan(_: FastAPI):
         # Compress the UI build once, off the event loop, while MLflow is still starting.
         async with anyio.create_task_group() as background:
-            background.start_soon(anyio.to_thread.run_sync, assets.precompress_all)
+            # A stop during compression need not wait for it: the thread's work is only a cache.
+            background.start_soon(partial(anyio.to_thread.run_sync, assets.precompress_all, abandon_on_cancel=True))
             try:
                 yield
             finally:

@@ -60,7 +60,7 @@ def test_mlflow_killed_is_restarted_and_sigterm_leaves_no_process(tmp_path):
 def test_ctrl_c_while_mlflow_is_still_starting_stops_everything(tmp_path):
     app = AppProcess(tmp_path).start()
     try:
-        app.wait_until(lambda: len(app.mlflow_pids()) > 0, 30, "the MLflow child to start")
+        app.wait_until(lambda: app.health() is not None and app.mlflow_pids(), 60, "the front and the MLflow child to start")
         starting = app.health()
         assert starting.status_code == 503 and starting.json()["mlflow"]["state"] == "starting"
         assert httpx.get(f"{app.url}/").status_code == 200  # the UI answers before MLflow is ready
