@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from launcher.databricks import default_backend_store_uri, default_log_format, default_registry_store_uri
 from launcher.settings import Settings, SettingsError, default_host, split_list, validate
 from proxy.edge_policy import DEFAULT_ALLOWED_HOSTS
 
@@ -24,15 +25,17 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", show_envvar=True, envvar="MLFLOW_HOST", default=default_host, show_default="127.0.0.1; 0.0.0.0 when DATABRICKS_APP_PORT is set",
+@click.option("--host", show_envvar=True, envvar="MLFLOW_HOST", default=default_host, show_default="127.0.0.1; 0.0.0.0 on Databricks Apps",
               help="Address the front listens on. MLflow itself always listens on 127.0.0.1 only.")
 @click.option("--port", show_envvar=True, envvar=["MLFLOW_PORT", "DATABRICKS_APP_PORT"], type=int, default=default_port, show_default="$DATABRICKS_APP_PORT, else 8000",
               help="Port the front listens on: the one port users, clients and monitoring reach.")
-@click.option("--backend-store-uri", show_envvar=True, envvar="MLFLOW_BACKEND_STORE_URI", metavar="URI",
+@click.option("--backend-store-uri", show_envvar=True, envvar="MLFLOW_BACKEND_STORE_URI", metavar="URI", default=default_backend_store_uri,
+              show_default="databricks on Databricks Apps, else an embedded SQLite database in --data-dir",
               help="Where MLflow keeps experiments and runs: sqlite:///…, postgresql://…, mysql://…, file:/…, or "
-                   "databricks. Default: an embedded SQLite database in --data-dir.")
-@click.option("--registry-store-uri", show_envvar=True, envvar="MLFLOW_REGISTRY_STORE_URI", metavar="URI",
-              help="Where MLflow keeps registered models (e.g. databricks-uc). Default: the backend store.")
+                   "databricks (a workspace's tracking store, with DATABRICKS_HOST and credentials).")
+@click.option("--registry-store-uri", show_envvar=True, envvar="MLFLOW_REGISTRY_STORE_URI", metavar="URI", default=default_registry_store_uri,
+              show_default="databricks-uc on Databricks Apps, else the backend store",
+              help="Where MLflow keeps registered models (e.g. databricks-uc, a workspace's Unity Catalog).")
 @click.option("--default-artifact-root", show_envvar=True, envvar="MLFLOW_DEFAULT_ARTIFACT_ROOT", metavar="URI",
               help="Artifact location for new experiments. Default: MLflow's choice (mlflow-artifacts:/ when "
                    "artifacts are served).")
@@ -52,7 +55,7 @@ def main() -> None:
               help="MLflow UI build the front serves. Default: the build inside the installed mlflow package.")
 @click.option("--mlflow-port", show_envvar=True, envvar="MLFLOW_APP_MLFLOW_PORT", type=int, default=0, show_default="a free loopback port",
               help="Loopback port of the MLflow child.")
-@click.option("--log-format", show_envvar=True, envvar="MLFLOW_APP_LOG_FORMAT", type=click.Choice(["text", "json"]), default="text", show_default=True,
+@click.option("--log-format", show_envvar=True, envvar="MLFLOW_APP_LOG_FORMAT", type=click.Choice(["text", "json"]), default=default_log_format, show_default="text; json on Databricks Apps",
               help="Log lines on stdout: text for people, json for log collectors.")
 @click.option("--log-level", show_envvar=True, envvar="MLFLOW_APP_LOG_LEVEL", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True,
               help="Lowest level logged, for the front and MLflow's folded-in output.")

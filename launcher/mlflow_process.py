@@ -10,9 +10,11 @@ import re
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
+from launcher.databricks import uses_workspace, workspace_environment
 from launcher.logs import CHILD_LOGGER
 from launcher.settings import Settings
 
@@ -48,12 +50,19 @@ def mlflow_command(settings: Settings, port: int) -> list[str]:
     return command
 
 
-def mlflow_environment(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+def mlflow_environment(settings: Settings, base: dict[str, str] | None = None, sdk_profile: Path | None = None) -> dict[str, str]:
+    """This process's environment for the child, minus our own variables, plus its settings.
+
+    With a workspace store, also MLflow's retry and timeout settings for calls to the workspace
+    and, when given, the databricks-sdk profile file that bounds databricks-sdk's own.
+    """
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in FRONT_ONLY_ENV}
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if settings.job_execution else "false"
     if settings.cors_allowed_origins:
         env["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] = ",".join(settings.cors_allowed_origins)
     env["PYTHONUNBUFFERED"] = "1"  # its lines reach our log as they happen
+    if uses_workspace(settings):
+        env.update(workspace_environment(env, sdk_profile))
     env.update(settings.extra_env)
     return env
 

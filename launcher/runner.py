@@ -7,9 +7,12 @@ import errno
 import logging
 import signal
 import socket
+import tempfile
+from pathlib import Path
 
 import uvicorn
 
+from launcher.databricks import artifacts_warning, check_workspace, uses_workspace, write_sdk_profile
 from launcher.http_protocol import BoundedHttpToolsProtocol
 from launcher.logs import configure_logging
 from launcher.mlflow_process import MlflowProcess, mlflow_command, mlflow_environment
@@ -50,6 +53,11 @@ def serve(settings: Settings) -> None:
     """Run until SIGTERM or Ctrl-C; raises SettingsError before starting anything that cannot work."""
     redact = Redactor.from_environment(also=(settings.auth_token,))  # a token given as a flag too
     configure_logging(settings.log_format, settings.log_level, redact)
+    if uses_workspace(settings):
+        identity = check_workspace()  # a wrong secret or an unreachable host stops us here, in one line
+        log.info("workspace %s: signed in as %s (%s)", identity.host, identity.user_name, identity.auth_type)
+    if warning := artifacts_warning(settings):
+        log.warning(warning)
     try:
         assets = UiAssets(settings.effective_ui_dir)
     except UiAssetsMissing as exc:
@@ -64,16 +72,22 @@ def serve(settings: Settings) -> None:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:
         runner = asyncio.Runner()
-    with runner:
-        runner.run(run_front_and_mlflow(settings, front_socket, mlflow_port, assets, redact))
+    with tempfile.TemporaryDirectory(prefix="mlflow-app-") as private, runner:
+        runner.run(run_front_and_mlflow(settings, front_socket, mlflow_port, assets, redact, Path(private)))
 
 
 async def run_front_and_mlflow(
-    settings: Settings, front_socket: socket.socket, mlflow_port: int, assets: UiAssets, redact: Redactor
+    settings: Settings,
+    front_socket: socket.socket,
+    mlflow_port: int,
+    assets: UiAssets,
+    redact: Redactor,
+    private_dir: Path | None = None,
 ) -> None:
     state = UpstreamState(base_url=f"http://127.0.0.1:{mlflow_port}")
     command = mlflow_command(settings, mlflow_port)
-    env = mlflow_environment(settings)
+    sdk_profile = write_sdk_profile(private_dir) if private_dir and uses_workspace(settings) else None
+    env = mlflow_environment(settings, sdk_profile=sdk_profile)
     supervisor = Supervisor(
         lambda on_output: MlflowProcess(command, env, state.base_url, on_output),
         state,

@@ -190,4 +190,4 @@ def split_list(value: str | None) -> tuple[str, ...]:
 
 def default_host() -> str:
     """All interfaces on Databricks Apps (the platform's proxy must reach us), loopback elsewhere."""
-    return "0.0.0.0" if os.environ.get("DATABRICKS_APP_PORT") else "127.0.0.1"
+    return "0.0.0.0" if os.environ.get("DATABRICKS_APP_PORT") or on_databricks_apps() else "127.0.0.1"

@@ -27,3 +27,16 @@ def secured_app(tmp_path_factory) -> AppProcess:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def standin_workspace(tmp_path_factory):
+    """A stand-in Databricks workspace (tests/standin/workspace.py) with its own real MLflow behind
+    bearer-token checks: OAuth machine-to-machine like Databricks Apps, on a free loopback port."""
+    from tests.standin.workspace import StandinWorkspace
+
+    workspace = StandinWorkspace(tmp_path_factory.mktemp("standin-workspace")).start()
+    try:
+        yield workspace
+    finally:
+        workspace.stop()
