@@ -37,6 +37,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from launcher.mlflow_process import die_with_parent
+
 WORKSPACE_ID = "1234567890123456"
 ACCOUNT_ID = "00000000-0000-4000-8000-00000000abcd"
 # The API prefixes MLflow's databricks stores call (mlflow/utils/rest_utils.py: 2.0, 3.0, and the
@@ -306,7 +308,8 @@ class StandinWorkspace:
         }
         with open(self.workdir / "backing-mlflow.log", "ab") as log:
             self._backing = subprocess.Popen(
-                command, env=env, cwd=store, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                command, env=env, cwd=store, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=die_with_parent,  # a test process that dies without stop() leaves no MLflow behind
             )
 
     def _wait_backing(self) -> None:
