@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 
@@ -26,6 +25,7 @@ if os.environ.get("SPAWN_GRANDCHILD"):
 # listening.
 SERVER = GRANDCHILD + r"""
 import http.server, time
+from tests.app_process import free_port
 port, delay, unhealthy = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
 print("INFO fake mlflow starting on", port, flush=True)
 print("", flush=True)
@@ -76,12 +76,6 @@ def sleep_command() -> list[str]:
 
 def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def is_gone(pid: int) -> bool:

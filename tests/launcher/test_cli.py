@@ -21,6 +21,7 @@ import launcher.runner
 from launcher.cli import main, serve
 from launcher.settings import Settings, SettingsError
 from proxy.edge_policy import DEFAULT_ALLOWED_HOSTS
+from tests.app_process import free_port
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "mlflow-app"
 SERVE_OPTIONS = [p for p in serve.params if isinstance(p, click.Option) and p.name != "help"]
@@ -43,12 +44,6 @@ class Run:
     stdout: str
     stderr: str
     seconds: float
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,10 @@ import pytest
 from launcher.logs import CHILD_LOGGER
 from launcher.mlflow_process import MlflowProcess, level_of, mlflow_command, mlflow_environment
 from launcher.settings import Settings
+from tests.app_process import free_port
 from tests.launcher.fakes import (
     child_env,
     exit_command,
-    free_port,
     is_gone,
     server_command,
     sleep_command,

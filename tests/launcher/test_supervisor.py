@@ -15,7 +15,8 @@ from launcher.mlflow_process import MlflowProcess
 from launcher.supervisor import Backoff, Supervisor
 from proxy.redaction import Redactor
 from proxy.upstream import UpstreamPhase, UpstreamState
-from tests.launcher.fakes import child_env, exit_command, free_port, is_gone, server_command, sleep_command, wait_gone
+from tests.app_process import free_port
+from tests.launcher.fakes import child_env, exit_command, is_gone, server_command, sleep_command, wait_gone
 
 SECRET = "s3cr3t-token-value-0123456789"
 

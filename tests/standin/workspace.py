@@ -38,6 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from launcher.mlflow_process import die_with_parent
+from tests.app_process import free_port
 
 WORKSPACE_ID = "1234567890123456"
 ACCOUNT_ID = "00000000-0000-4000-8000-00000000abcd"
@@ -69,12 +70,6 @@ class IssuedToken:
     value: str
     client_id: str
     expires_at: float
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def databricks_error(status: int, error_code: str, message: str) -> JSONResponse:
