@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ CHILD_HTTP_ENV = {
 SDK_PROFILE = "mlflow-app"
 SDK_HTTP_TIMEOUT_SECONDS = 15
 SDK_RETRY_TIMEOUT_SECONDS = 10
+
+# A Unity Catalog volume by its three-part name.
+VOLUME_NAME = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 
 # The start-up check: how long one lookup may take, and the whole check.
 CHECK_HTTP_TIMEOUT_SECONDS = 10.0
@@ -98,6 +102,32 @@ def artifacts_warning(settings: Settings) -> str | None:
 
 
 # --- the MLflow child -------------------------------------------------------------------------
+
+
+def child_artifacts_destination(settings: Settings) -> str:
+    """Where the child keeps served artifacts, as MLflow's repositories name it.
+
+    A Unity Catalog volume given as a path (`/Volumes/<catalog>/<schema>/<volume>`, which is how
+    Databricks Apps passes a volume resource) or as a name (`<catalog>.<schema>.<volume>`) becomes
+    `dbfs:/Volumes/...`, the form MLflow reaches through the Files API with the app's credentials;
+    as a plain path it would be taken as a folder on the app's own disk.
+    """
+    destination = settings.effective_artifacts_destination
+    if not uses_workspace(settings) or not settings.artifacts_destination:
+        return destination
+    if destination.startswith("/Volumes/"):
+        return "dbfs:" + destination
+    if VOLUME_NAME.match(destination):
+        return "dbfs:/Volumes/" + destination.replace(".", "/")
+    return destination
+
+
+def child_app_arguments(settings: Settings) -> list[str]:
+    """`mlflow server` arguments that load our adaptations for a workspace's stores (launcher/child/)."""
+    from launcher.child.app import WORKSPACE_APP_NAME
+
+    return ["--app-name", WORKSPACE_APP_NAME] if uses_workspace(settings) else []
+
 
 
 def write_sdk_profile(directory: Path) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from launcher.databricks import uses_workspace, workspace_environment
+from launcher.databricks import child_app_arguments, child_artifacts_destination, uses_workspace, workspace_environment
 from launcher.logs import CHILD_LOGGER
 from launcher.settings import Settings
 
@@ -44,10 +44,10 @@ def mlflow_command(settings: Settings, port: int) -> list[str]:
     if settings.default_artifact_root:
         command += ["--default-artifact-root", settings.default_artifact_root]
     if settings.serve_artifacts:
-        command += ["--serve-artifacts", "--artifacts-destination", settings.effective_artifacts_destination]
+        command += ["--serve-artifacts", "--artifacts-destination", child_artifacts_destination(settings)]
     else:
         command += ["--no-serve-artifacts"]
-    return command
+    return command + child_app_arguments(settings)
 
 
 def mlflow_environment(settings: Settings, base: dict[str, str] | None = None, sdk_profile: Path | None = None) -> dict[str, str]:

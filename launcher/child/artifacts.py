@@ -1,0 +1,129 @@
+"""Artifacts behind the app: one `mlflow-artifacts` path space for the run files in the artifacts
+destination and for the files of Unity Catalog model versions.
+
+Clients of the app only ever see `mlflow-artifacts:` URIs and reach them through the app's
+`/api/2.0/mlflow-artifacts/artifacts/...` routes, which the child serves with the app's own
+workspace credentials:
+- `<path>` is `<destination>/<path>` (a Unity Catalog volume on Databricks Apps);
+- `_unity_catalog/models/<catalog.schema.model>/<version>/<path>` is that model version's file,
+  read from Unity Catalog's storage (read only: a version's files are written once, on
+  registration, by the registry store).
+Inside the child, the same `mlflow-artifacts:` URIs resolve to the destination too, so that the
+registry store can read a run's model files when a client registers them.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from urllib.parse import urlsplit
+
+UC_MODELS_PREFIX = "_unity_catalog/models"
+_MODEL_PATH = re.compile(r"^(?P<name>[^/.]+\.[^/.]+\.[^/.]+)/(?P<version>[0-9]+)(?:/(?P<rest>.*))?$")
+
+
+def model_version_download_uri(name: str, version: str | int) -> str:
+    """Where a client of the app downloads a Unity Catalog model version's files from."""
+    return f"mlflow-artifacts:/{UC_MODELS_PREFIX}/{name}/{version}"
+
+
+def model_version_path(path: str) -> tuple[str, str, str] | None:
+    """(name, version, path inside the version) for a path in the model space; None otherwise."""
+    path = path.strip("/")
+    if path != UC_MODELS_PREFIX and not path.startswith(UC_MODELS_PREFIX + "/"):
+        return None
+    match = _MODEL_PATH.match(path[len(UC_MODELS_PREFIX) + 1 :])
+    if not match:
+        from mlflow.exceptions import MlflowException
+
+        raise MlflowException.invalid_parameter_value(
+            f"'{path}' is not a model version path: use {UC_MODELS_PREFIX}/<catalog>.<schema>.<model>/<version>/<file>."
+        )
+    return match["name"], match["version"], match["rest"] or ""
+
+
+def model_version_repository(name: str, version: str):
+    """MLflow's repository for a Unity Catalog model version, with this process's credentials."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return get_artifact_repository(f"models:/{name}/{version}")
+
+
+def register_proxied_scheme(destination: str) -> None:
+    """Make `mlflow-artifacts:` URIs usable inside the child: they name files in `destination`."""
+    from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry, get_artifact_repository
+
+    def proxied_repository(artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None):
+        path = urlsplit(artifact_uri).path.lstrip("/")
+        if (model := model_version_path(path)) is not None:
+            name, version, rest = model
+            if rest:
+                from mlflow.exceptions import MlflowException
+
+                raise MlflowException.invalid_parameter_value("Name a whole model version, not a file inside it.")
+            return model_version_repository(name, version)
+        return get_artifact_repository(posixpath.join(destination, path) if path else destination)
+
+    _artifact_repository_registry.register("mlflow-artifacts", proxied_repository)
+
+
+class ProxiedArtifactRouter:
+    """The repository MLflow's server uses for every `mlflow-artifacts` path (see the module doc).
+
+    Paths outside the model space go to the destination's own repository unchanged (any method);
+    paths inside it can be listed and downloaded only.
+    """
+
+    def __init__(self, destination: str):
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        self._destination = get_artifact_repository(destination)
+
+    def __getattr__(self, name: str):
+        return getattr(self._destination, name)
+
+    def get_local_path(self, artifact_path: str):
+        if model_version_path(artifact_path) is not None:
+            return None
+        return self._destination.get_local_path(artifact_path)
+
+    def download_artifacts(self, artifact_path: str, dst_path: str | None = None) -> str:
+        if (model := model_version_path(artifact_path)) is None:
+            return self._destination.download_artifacts(artifact_path, dst_path)
+        name, version, rest = model
+        return model_version_repository(name, version).download_artifacts(rest, dst_path)
+
+    def list_artifacts(self, path: str | None = None):
+        if path is None or (model := model_version_path(path)) is None:
+            return self._destination.list_artifacts(path)
+        from mlflow.entities import FileInfo
+
+        name, version, rest = model
+        files = model_version_repository(name, version).list_artifacts(rest or None)
+        base = f"{UC_MODELS_PREFIX}/{name}/{version}"
+        return [FileInfo(posixpath.join(base, f.path), f.is_dir, f.file_size) for f in files]
+
+    def _refuse_model_space(self, artifact_path: str | None) -> None:
+        if artifact_path and model_version_path(artifact_path) is not None:
+            from mlflow.exceptions import MlflowException
+
+            raise MlflowException(
+                "Unity Catalog model files are read only through the app; register a new model version instead.",
+                error_code="PERMISSION_DENIED",
+            )
+
+    def log_artifact(self, local_file: str, artifact_path: str | None = None) -> None:
+        self._refuse_model_space(artifact_path)
+        self._destination.log_artifact(local_file, artifact_path)
+
+    def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
+        self._refuse_model_space(artifact_path)
+        self._destination.log_artifacts(local_dir, artifact_path)
+
+    def log_artifact_from_stream(self, stream, file_name: str, artifact_path: str | None = None):
+        self._refuse_model_space(artifact_path)
+        return self._destination.log_artifact_from_stream(stream, file_name, artifact_path=artifact_path)
+
+    def delete_artifacts(self, artifact_path: str | None = None) -> None:
+        self._refuse_model_space(artifact_path)
+        self._destination.delete_artifacts(artifact_path)

@@ -1,0 +1,130 @@
+"""MLflow's open-source server in front of the Unity Catalog registry store.
+
+MLflow's handlers pass what their protobuf requests hold: `filter_string=""`, `order_by=[]` and
+`run_link=""` when the caller sent nothing, which `UcModelRegistryStore` refuses as unsupported
+arguments, so the UI's model pages and registration answered 500. Here, on the server's own store
+instance only:
+- empty values become None;
+- registered-model search, which takes no filter in Unity Catalog, serves the name filters the UI
+  and clients send (`name = '…'`, `name LIKE '…'`, `name ILIKE '…'`) by scanning the models the
+  app can see (up to MAX_SCANNED_MODELS) and paging the matches itself;
+- an `order_by`, which Unity Catalog takes for neither search, orders each page (name, version,
+  timestamps) instead of being refused;
+- with artifacts served by the app, a version's download URI is its `mlflow-artifacts:` path, so
+  that `load_model("models:/catalog.schema.model@alias")` works with only the app's URL.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_SCANNED_MODELS = 10_000
+SCAN_PAGE_SIZE = 1000
+_NAME_FILTER = re.compile(r"^\s*name\s*(?P<op>=|!=|i?like)\s*(?P<quote>['\"])(?P<value>.*)(?P=quote)\s*$", re.IGNORECASE)
+_ORDER = re.compile(r"^\s*(?P<key>\w+)(?:\s+(?P<direction>asc|desc))?\s*$", re.IGNORECASE)
+_SORT_KEYS = {
+    "name": lambda item: item.name,
+    "version_number": lambda item: int(item.version),
+    "creation_timestamp": lambda item: item.creation_timestamp or 0,
+    "last_updated_timestamp": lambda item: item.last_updated_timestamp or 0,
+}
+_OFFSET_TOKEN = "offset:"
+
+
+def is_unity_catalog_store(store) -> bool:
+    from mlflow.store._unity_catalog.registry.rest_store import UcModelRegistryStore
+
+    return isinstance(store, UcModelRegistryStore)
+
+
+def name_matcher(filter_string: str):
+    """A predicate on model names for the name filters MLflow's search grammar allows."""
+    from mlflow.exceptions import MlflowException
+
+    match = _NAME_FILTER.match(filter_string)
+    if not match:
+        raise MlflowException.invalid_parameter_value(
+            f"Unsupported filter '{filter_string}' for Unity Catalog models: the app serves name = '…', "
+            "name LIKE '…' and name ILIKE '…' only."
+        )
+    op, value = match["op"].lower(), match["value"]
+    if op == "=":
+        return lambda name: name == value
+    if op == "!=":
+        return lambda name: name != value
+    pattern = "".join(".*" if ch == "%" else "." if ch == "_" else re.escape(ch) for ch in value)
+    compiled = re.compile(f"^{pattern}$", (re.IGNORECASE if op == "ilike" else 0) | re.DOTALL)
+    return lambda name: compiled.match(name) is not None
+
+
+def ordered(items: list, order_by: list[str] | None) -> list:
+    """`items` sorted by MLflow order clauses on the keys both searches know; others are ignored."""
+    result = list(items)
+    for clause in reversed(order_by or []):
+        match = _ORDER.match(clause)
+        if match and match["key"].lower() in _SORT_KEYS:
+            descending = (match["direction"] or "asc").lower() == "desc"
+            result.sort(key=_SORT_KEYS[match["key"].lower()], reverse=descending)
+    return result
+
+
+def adapt_registry_store(store, proxied_downloads: bool) -> None:
+    """Give `store` (the server's UC registry store instance) the behaviour in the module doc."""
+    from mlflow.store.entities.paged_list import PagedList
+
+    from launcher.child.artifacts import model_version_download_uri
+
+    base = type(store)
+
+    class OpenSourceServerUcStore(base):
+        def search_registered_models(self, filter_string=None, max_results=None, order_by=None, page_token=None):
+            if not filter_string:
+                page = super().search_registered_models(None, max_results, None, page_token or None)
+                return PagedList(ordered(page, order_by), page.token)
+            matches = name_matcher(filter_string)
+            found = [model for model in self._scan_registered_models() if matches(model.name)]
+            return page_of(ordered(found, order_by or ["name ASC"]), max_results, page_token)
+
+        def _scan_registered_models(self):
+            token, seen = None, 0
+            while seen < MAX_SCANNED_MODELS:
+                page = super().search_registered_models(None, SCAN_PAGE_SIZE, None, token)
+                yield from page
+                seen += len(page)
+                token = page.token
+                if not token:
+                    return
+
+        def search_model_versions(self, filter_string=None, max_results=None, order_by=None, page_token=None):
+            page = super().search_model_versions(filter_string or None, max_results, None, page_token or None)
+            return PagedList(ordered(page, order_by), page.token)
+
+        def create_model_version(self, name, source, run_id=None, tags=None, run_link=None, description=None, local_model_path=None, model_id=None):
+            return super().create_model_version(
+                name, source, run_id=run_id or None, tags=tags, run_link=run_link or None,
+                description=description or None, local_model_path=local_model_path, model_id=model_id or None,
+            )  # fmt: skip
+
+        def get_model_version_download_uri(self, name, version):
+            if not proxied_downloads:
+                return super().get_model_version_download_uri(name, version)
+            model_version = self.get_model_version(name, version)  # an unknown version is a 404, as before
+            return model_version_download_uri(model_version.name or name, model_version.version)
+
+    OpenSourceServerUcStore.__name__ = f"OpenSourceServer{base.__name__}"
+    store.__class__ = OpenSourceServerUcStore
+
+
+def page_of(items: list, max_results: int | None, page_token: str | None):
+    """One page of an already complete result, with an offset token for the next."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.entities.paged_list import PagedList
+
+    start = 0
+    if page_token:
+        if not page_token.startswith(_OFFSET_TOKEN) or not page_token[len(_OFFSET_TOKEN) :].isdigit():
+            raise MlflowException.invalid_parameter_value(f"Invalid page token '{page_token}'.")
+        start = int(page_token[len(_OFFSET_TOKEN) :])
+    size = max_results or 100
+    end = start + size
+    return PagedList(items[start:end], f"{_OFFSET_TOKEN}{end}" if end < len(items) else None)

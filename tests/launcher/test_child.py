@@ -1,0 +1,117 @@
+"""The workspace adaptations that run inside the MLflow child (launcher/child/), piece by piece; the
+e2e tests in tests/e2e/test_databricks_mode.py run them in a real child against the stand-in."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from mlflow.exceptions import MlflowException
+
+from launcher.child.artifacts import UC_MODELS_PREFIX, model_version_download_uri, model_version_path
+from launcher.child.experiments import adapt_tracking_store, new_experiment_location
+from launcher.child.registry import name_matcher, ordered, page_of
+from launcher.databricks import child_app_arguments, child_artifacts_destination
+from launcher.mlflow_process import mlflow_command
+from launcher.settings import Settings
+
+WORKSPACE = Settings(backend_store_uri="databricks", registry_store_uri="databricks-uc")
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("/Volumes/main/default/mlflow-artifacts", "dbfs:/Volumes/main/default/mlflow-artifacts"),
+        ("/Volumes/main/default/vol/sub", "dbfs:/Volumes/main/default/vol/sub"),
+        ("main.default.mlflow-artifacts", "dbfs:/Volumes/main/default/mlflow-artifacts"),
+        ("dbfs:/Volumes/main/default/v", "dbfs:/Volumes/main/default/v"),
+        ("s3://bucket/mlflow", "s3://bucket/mlflow"),
+    ],
+)
+def test_a_volume_becomes_the_uri_mlflow_reaches_through_the_files_api(given, expected):
+    settings = Settings(backend_store_uri="databricks", artifacts_destination=given)
+    assert child_artifacts_destination(settings) == expected
+
+
+def test_without_a_workspace_store_a_volume_like_path_stays_a_local_path():
+    assert child_artifacts_destination(Settings(artifacts_destination="/Volumes/a/b/c")) == "/Volumes/a/b/c"
+
+
+def test_the_adaptations_load_only_for_a_workspace_store():
+    assert child_app_arguments(Settings()) == []
+    assert child_app_arguments(Settings(backend_store_uri="postgresql://db/mlflow")) == []
+    command = mlflow_command(WORKSPACE, 5000)
+    assert command[-2:] == ["--app-name", "mlflow-app-workspace"]
+    from importlib.metadata import entry_points
+
+    (entry,) = [e for e in entry_points(group="mlflow.app") if e.name == "mlflow-app-workspace"]
+    assert entry.value == "launcher.child.app:create_app"
+
+
+def test_experiments_created_without_a_location_get_a_served_one():
+    created = []
+
+    class WorkspaceStore:
+        def create_experiment(self, name, artifact_location=None, tags=None):
+            created.append((name, artifact_location, tags))
+            return "1"
+
+    store = WorkspaceStore()
+    adapt_tracking_store(store)
+    store.create_experiment("/Users/a/one")
+    store.create_experiment("/Users/a/two", "s3://bucket/own", tags=["t"])
+    assert created[0][1].startswith("mlflow-artifacts:/experiments/") and len(created[0][1]) > 40
+    assert created[1] == ("/Users/a/two", "s3://bucket/own", ["t"])
+    assert isinstance(store, WorkspaceStore)  # MLflow's isinstance checks still hold
+    assert new_experiment_location() != new_experiment_location()
+
+
+def test_model_version_paths():
+    assert model_version_download_uri("main.ml.iris", 3) == f"mlflow-artifacts:/{UC_MODELS_PREFIX}/main.ml.iris/3"
+    assert model_version_path(f"{UC_MODELS_PREFIX}/main.ml.iris/3") == ("main.ml.iris", "3", "")
+    assert model_version_path(f"{UC_MODELS_PREFIX}/main.ml.iris/3/data/model.pkl") == ("main.ml.iris", "3", "data/model.pkl")
+    assert model_version_path("experiments/abc/run/artifacts/model") is None
+    assert model_version_path("_unity_catalog/modelsX/a.b.c/1") is None
+    for bad in (f"{UC_MODELS_PREFIX}/iris/3", f"{UC_MODELS_PREFIX}/a.b.c/latest", f"{UC_MODELS_PREFIX}"):
+        with pytest.raises(MlflowException, match="not a model version path"):
+            model_version_path(bad)
+
+
+@pytest.mark.parametrize(
+    ("filter_string", "matching"),
+    [
+        ("name = 'main.ml.iris'", {"main.ml.iris"}),
+        ("name != 'main.ml.iris'", {"main.ml.wine", "prod.ml.Iris_v2"}),
+        ("name LIKE '%iris%'", {"main.ml.iris"}),
+        ("name ILIKE '%iris%'", {"main.ml.iris", "prod.ml.Iris_v2"}),
+        ("name ilike 'main.%'", {"main.ml.iris", "main.ml.wine"}),
+        ('name = "main.ml.wine"', {"main.ml.wine"}),
+        ("name LIKE 'main.ml.____'", {"main.ml.iris", "main.ml.wine"}),
+    ],
+)
+def test_name_filters(filter_string, matching):
+    names = {"main.ml.iris", "main.ml.wine", "prod.ml.Iris_v2"}
+    assert {n for n in names if name_matcher(filter_string)(n)} == matching
+
+
+def test_other_filters_are_refused_clearly():
+    with pytest.raises(MlflowException, match="name = '…', name LIKE '…' and name ILIKE '…' only"):
+        name_matcher("tags.team = 'a'")
+
+
+def test_ordering_and_paging():
+    def version(v, name="m", created=0):
+        return SimpleNamespace(name=name, version=str(v), creation_timestamp=created, last_updated_timestamp=created)
+
+    items = [version(2, created=5), version(10, created=1), version(1, created=9)]
+    assert [i.version for i in ordered(items, ["version_number DESC"])] == ["10", "2", "1"]
+    assert [i.version for i in ordered(items, ["creation_timestamp"])] == ["10", "2", "1"]
+    assert [i.version for i in ordered(items, ["unknown_key DESC"])] == ["2", "10", "1"]
+    assert [i.version for i in ordered(items, [])] == ["2", "10", "1"]
+
+    first = page_of(list(range(5)), 2, None)
+    assert list(first) == [0, 1] and first.token == "offset:2"
+    last = page_of(list(range(5)), 2, "offset:4")
+    assert list(last) == [4] and last.token is None
+    with pytest.raises(MlflowException, match="Invalid page token"):
+        page_of([1], 1, "bogus")
