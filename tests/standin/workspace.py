@@ -7,12 +7,14 @@ What it serves, and only behind the checks a workspace makes:
   Apps' service principal uses it), which issues short random access tokens;
 - `/api/2.0/preview/scim/v2/Me`, the cheap authenticated call `mlflow-app serve` checks at start;
 - MLflow's tracking REST API (`/api/2.0/mlflow/…`, `/api/3.0/mlflow/…`, and the `preview` forms),
-  forwarded to a real `mlflow server` child only with `Authorization: Bearer <issued token or PAT>`.
+  forwarded to a real `mlflow server` child only with `Authorization: Bearer <issued token or PAT>`;
+- the Unity Catalog model registry (`/api/2.0/mlflow/unity-catalog/…`, unity_catalog.py) and the
+  Files API (`/api/2.0/fs/…`, files_api.py), with their state in the stand-in, behind the same check.
 
 The child keeps its SQLite database and artifact root in a directory of the stand-in's own, and
 experiments get `dbfs:/databricks/mlflow-tracking/<id>` locations as on a workspace, so no test can
 pass by a client reading or writing the store's files itself. Tests may query the child directly
-(`backing_url`) to check what landed.
+(`backing_url`), the registry (`unity_catalog`) and the files (`files_root`) to check what landed.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from starlette.routing import Route
 
 from launcher.mlflow_process import die_with_parent
 from tests.app_process import free_port
+from tests.standin.errors import ApiError, databricks_error
+from tests.standin.files_api import FilesApi
+from tests.standin.unity_catalog import UnityCatalogRegistry
 
 WORKSPACE_ID = "1234567890123456"
 ACCOUNT_ID = "00000000-0000-4000-8000-00000000abcd"
@@ -53,7 +58,7 @@ class RecordedRequest:
     method: str
     path: str
     status: int
-    credential: str  # "oauth", "pat", "basic" (token endpoint), "none" or "invalid"
+    credential: str  # "oauth", "pat", "basic" (token endpoint), "presigned" (storage URLs), "none" or "invalid"
 
 
 @dataclass
@@ -70,11 +75,6 @@ class IssuedToken:
     value: str
     client_id: str
     expires_at: float
-
-
-def databricks_error(status: int, error_code: str, message: str) -> JSONResponse:
-    """The REST API's error shape (the same one MLflow uses)."""
-    return JSONResponse({"error_code": error_code, "message": message}, status_code=status)
 
 
 def oauth_error(status: int, error: str, description: str) -> JSONResponse:
@@ -109,12 +109,20 @@ class StandinWorkspace:
         self._thread: threading.Thread | None = None
         self._backing: subprocess.Popen | None = None
         self._forward: httpx.AsyncClient | None = None
+        self.files_root = workdir / "files"
+        self.unity_catalog = UnityCatalogRegistry(self.files_root / "uc-models")
+        self.files = FilesApi(self.files_root, self.unity_catalog, lambda: self.url)
+        # The registry's and the Files API's routes come before the forward to MLflow, which would
+        # otherwise take `/api/2.0/mlflow/unity-catalog/…`.
+        guarded = [self._guarded(route) for route in self.unity_catalog.routes() + self.files.routes()]
         self.app = Starlette(
             routes=[
                 Route("/.well-known/databricks-config", self.host_metadata),
                 Route("/oidc/.well-known/oauth-authorization-server", self.oidc_discovery),
                 Route("/oidc/v1/token", self.token, methods=["POST"]),
                 Route("/api/2.0/preview/scim/v2/Me", self.me),
+                *guarded,
+                *[self._presigned(route) for route in self.files.storage_routes()],
                 Route("/{path:path}", self.api, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
             ]
         )
@@ -205,11 +213,8 @@ class StandinWorkspace:
         credential = self._credential(request)
         if refusal := self._refusal(credential):
             return self._answer(request, refusal, credential)
-        if self.faults.mlflow_delay:
-            await anyio.sleep(self.faults.mlflow_delay)
-        if self.faults.mlflow_status:
-            status = self.faults.mlflow_status
-            return self._answer(request, databricks_error(status, "TEMPORARILY_UNAVAILABLE", "The service is temporarily unavailable."), credential)
+        if fault := await self._mlflow_fault():
+            return self._answer(request, fault, credential)
         if not self._forward:
             return self._answer(request, databricks_error(501, "NOT_IMPLEMENTED", "This stand-in runs without MLflow."), credential)
         upstream = await self._forward.request(
@@ -220,9 +225,58 @@ class StandinWorkspace:
             headers={"Content-Type": request.headers.get("content-type", "application/json")},
         )
         answer = Response(upstream.content, status_code=upstream.status_code, media_type=upstream.headers.get("content-type"))
+        answer.headers["X-Databricks-Org-Id"] = WORKSPACE_ID  # MLflow's UC store reads it off runs/get
         return self._answer(request, answer, credential)
 
+    async def _mlflow_fault(self) -> Response | None:
+        """The delay and failure a test switched on for MLflow API calls (UC registry included)."""
+        if self.faults.mlflow_delay:
+            await anyio.sleep(self.faults.mlflow_delay)
+        if self.faults.mlflow_status:
+            status = self.faults.mlflow_status
+            return databricks_error(status, "TEMPORARILY_UNAVAILABLE", "The service is temporarily unavailable.")
+        return None
+
+    def _guarded(self, route: Route) -> Route:
+        """The route behind the bearer-token check, recorded; `ApiError`s become error bodies."""
+        handler = route.endpoint
+
+        async def endpoint(request: Request) -> Response:
+            credential = self._credential(request)
+            if refusal := self._refusal(credential):
+                return self._answer(request, refusal, credential)
+            request.state.principal = self._principal(request)
+            if request.url.path.startswith(MLFLOW_API_PREFIXES) and (fault := await self._mlflow_fault()):
+                return self._answer(request, fault, credential)
+            try:
+                response = await handler(request)
+            except ApiError as error:
+                response = error.response()
+            response.headers["X-Databricks-Org-Id"] = WORKSPACE_ID
+            return self._answer(request, response, credential)
+
+        return Route(route.path, endpoint, methods=list(route.methods or []))
+
+    def _presigned(self, route: Route) -> Route:
+        """A presigned-URL route: its handler checks the URL's signature; recorded, no bearer check."""
+        handler = route.endpoint
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except ApiError as error:
+                response = error.response()
+            return self._answer(request, response, "presigned")
+
+        return Route(route.path, endpoint, methods=list(route.methods or []))
+
     # -- credentials -------------------------------------------------------------------------
+
+    def _principal(self, request: Request) -> str:
+        """Who the caller is, as the workspace would record it (user_id of what it creates)."""
+        value = request.headers.get("authorization", "")[7:].strip()
+        issued = self.tokens.get(value)
+        return issued.client_id if issued else "pat-user@example.com"
 
     def _credential(self, request: Request) -> str:
         header = request.headers.get("authorization", "")
@@ -253,6 +307,9 @@ class StandinWorkspace:
 
     def mlflow_calls(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.startswith(MLFLOW_API_PREFIXES)]
+
+    def files_calls(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.startswith(("/api/2.0/fs/", "/standin-cloud-storage/"))]
 
     # -- lifecycle ---------------------------------------------------------------------------
 
