@@ -228,3 +228,49 @@ def deploy_command(app_name, volume, source_path, profile, dry_run, stage_dir, t
 
         deployer = AppDeployer(workspace_client(profile), echo=click.echo, poll_interval=poll_interval, timeout=timeout)
         deployer.run(staged, app_name=app_name, volume=volume, source_path=source_path)
+
+
+@main.command("call")
+@click.argument("url")
+@click.argument("method", required=False)
+@click.argument("json_body", metavar="[JSON]", required=False)
+@click.option("--app-url", show_envvar=True, envvar="MLFLOW_TRACKING_URI", metavar="URL",
+              help="The app's URL, for a URL given as a path (/api/2.0/mlflow/…). Default: MLFLOW_TRACKING_URI, as the mlflow "
+                   "client reads it.")
+@click.option("--profile", show_envvar=True, envvar="DATABRICKS_CONFIG_PROFILE", metavar="NAME",
+              help="Profile in ~/.databrickscfg for the token. Default: databricks-sdk's unified authentication (DATABRICKS_HOST "
+                   "with a client ID and secret or a token, else the DEFAULT profile).")
+@click.option("--timeout", show_envvar=True, envvar="MLFLOW_APP_CALL_TIMEOUT", type=float, default=60.0, show_default=True,
+              help="Seconds for the sign-in, and for the app to connect and answer.")
+@click.option("--header", "-H", "header_lines", multiple=True, metavar="'NAME: VALUE'",
+              help="Another request header; repeatable. An Authorization header of your own replaces the Databricks token.")
+def call_command(url, method, json_body, app_url, profile, timeout, header_lines) -> None:
+    """Send one request to a deployed app with your Databricks OAuth token, as you would with curl.
+
+    \b
+    URL is a full URL or a path below --app-url. METHOD defaults to GET, or POST with JSON. JSON is
+    the body as text, or @file (@- for stdin); with GET its fields become query parameters. The
+    token comes from databricks-sdk (DATABRICKS_HOST and credentials, or --profile) and goes only to
+    https://*.databricksapps.com and the prefixes in MLFLOW_APP_DATABRICKS_TOKEN_URLS.
+    Prints the body on stdout (indented when it is JSON), the status on stderr; exits 1 on HTTP 400
+    and above, or when no answer came.
+
+    \b
+    mlflow-app call https://mlflow-123.aws.databricksapps.com/api/2.0/mlflow/experiments/search POST '{"max_results": 5}'
+    mlflow-app call /api/2.0/mlflow/experiments/get-by-name GET '{"experiment_name": "Default"}'
+    """
+    from launcher.app_token import AppTokenError, DatabricksToken, TokenTargets
+    from launcher.call import CallError, authorize, build_call, send
+
+    try:
+        request = build_call(url, method, json_body, app_url, header_lines)
+        request, note = authorize(request, DatabricksToken(profile, timeout=timeout), TokenTargets.from_environment())
+        if note:
+            click.echo(f"mlflow-app call: {note}", err=True)
+        answer = send(request, timeout)
+    except (CallError, AppTokenError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(answer.status_line(), err=True)
+    click.get_binary_stream("stdout").write(answer.printable_body())
+    if not answer.ok:
+        raise SystemExit(1)
