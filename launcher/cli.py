@@ -271,6 +271,6 @@ def call_command(url, method, json_body, app_url, profile, timeout, header_lines
     except (CallError, AppTokenError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(answer.status_line(), err=True)
-    click.get_binary_stream("stdout").write(answer.printable_body())
+    click.echo(answer.printable_body(), nl=False)  # bytes: written as they are
     if not answer.ok:
         raise SystemExit(1)

@@ -34,11 +34,14 @@ class RecordingServer:
                 recorder.requests.append(Recorded(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, self.rfile.read(length)))
                 if recorder.delay:
                     time.sleep(recorder.delay)
-                self.send_response(recorder.status)
-                self.send_header("Content-Type", recorder.content_type)
-                self.send_header("Content-Length", str(len(recorder.body)))
-                self.end_headers()
-                self.wfile.write(recorder.body)
+                try:
+                    self.send_response(recorder.status)
+                    self.send_header("Content-Type", recorder.content_type)
+                    self.send_header("Content-Length", str(len(recorder.body)))
+                    self.end_headers()
+                    self.wfile.write(recorder.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # a client that timed out on purpose
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
 
