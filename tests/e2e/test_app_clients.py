@@ -30,22 +30,27 @@ MLFLOW_APP = APP_COMMAND[0]
 
 CLIENT_SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import json, pathlib, sys, tempfile
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
         client = mlflow.MlflowClient()
         experiment_id = client.create_experiment(sys.argv[1])
+        notes = pathlib.Path(tempfile.mkdtemp()) / "notes.txt"
+        notes.write_text("through the edge")
         with mlflow.start_run(experiment_id=experiment_id) as run:
             mlflow.log_metric("loss", 0.125)
             mlflow.log_param("through", "the edge")
+            mlflow.log_artifact(str(notes))
         got = client.get_run(run.info.run_id)
+        downloaded = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="notes.txt")
         print(json.dumps({
             "experiment": client.get_experiment(experiment_id).name,
             "loss": [m.value for m in client.get_metric_history(run.info.run_id, "loss")],
             "params": got.data.params,
             "status": got.info.status,
+            "artifact": pathlib.Path(downloaded).read_text(),
         }))
     except MlflowException as exc:
         print(f"MlflowException: {exc}", file=sys.stderr)
@@ -112,7 +117,9 @@ def test_the_mlflow_client_reaches_the_app_with_a_token_from_databricks_credenti
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.splitlines()[-1])  # mlflow prints "View run" lines first
     assert result["loss"] == [0.125] and result["params"] == {"through": "the edge"} and result["status"] == "FINISHED"
+    assert result["artifact"] == "through the edge"
     calls = edge.requests[edge_seen:]
+    assert any(c.path.startswith("/api/2.0/mlflow-artifacts/artifacts/") and c.method == "PUT" for c in calls)
     assert len(calls) >= 6 and {c.status for c in calls} == {200}
     assert {c.credential for c in calls} == {"oauth"}
     assert {c.token for c in calls} <= set(workspace.issued_tokens)
