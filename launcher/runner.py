@@ -12,6 +12,7 @@ from pathlib import Path
 
 import uvicorn
 
+from launcher.database import DatabaseCheck, postgres_store_uris, store_passwords
 from launcher.databricks import artifacts_warning, check_workspace, uses_workspace, write_sdk_profile
 from launcher.http_protocol import BoundedHttpToolsProtocol
 from launcher.logs import configure_logging
@@ -51,7 +52,7 @@ def free_loopback_port() -> int:
 
 def serve(settings: Settings) -> None:
     """Run until SIGTERM or Ctrl-C; raises SettingsError before starting anything that cannot work."""
-    redact = Redactor.from_environment(also=(settings.auth_token,))  # a token given as a flag too
+    redact = Redactor.from_environment(also=(settings.auth_token, *store_passwords(settings)))  # given as flags or inside URIs too
     configure_logging(settings.log_format, settings.log_level, redact)
     if uses_workspace(settings):
         identity = check_workspace()  # a wrong secret or an unreachable host stops us here, in one line
@@ -88,6 +89,7 @@ async def run_front_and_mlflow(
     command = mlflow_command(settings, mlflow_port)
     sdk_profile = write_sdk_profile(private_dir) if private_dir and uses_workspace(settings) else None
     env = mlflow_environment(settings, sdk_profile=sdk_profile)
+    databases = postgres_store_uris(settings)
     supervisor = Supervisor(
         lambda on_output: MlflowProcess(command, env, state.base_url, on_output),
         state,
@@ -98,6 +100,7 @@ async def run_front_and_mlflow(
             timeout=min(5.0, settings.mlflow_probe_interval),
             failures=settings.mlflow_probe_failures,
         ),
+        before_start=DatabaseCheck(databases, env) if databases else None,  # reachable, schema migrated once
     )
     front = create_app(
         FrontConfig(

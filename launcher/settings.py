@@ -104,6 +104,20 @@ def check_scheme(option: str, uri: str | None, allowed: frozenset[str]) -> None:
         raise SettingsError(f"{option}: unknown scheme '{scheme}' in '{uri_for_message(uri)}'; use one of {choices}, or a local path.")
 
 
+# The Python module each SQLAlchemy PostgreSQL driver needs; a bare postgresql:// means psycopg (3).
+POSTGRES_DRIVER_MODULES = {"": "psycopg", "psycopg": "psycopg", "psycopg2": "psycopg2", "pg8000": "pg8000", "asyncpg": "asyncpg"}
+
+
+def check_database_driver(option: str, uri: str | None) -> None:
+    """A postgresql:// store needs its driver installed (the optional `postgres` extra)."""
+    if uri is None or uri_scheme(uri) != "postgresql":
+        return
+    driver = urlsplit(uri).scheme.partition("+")[2].lower()
+    module = POSTGRES_DRIVER_MODULES.get(driver, driver)
+    if importlib.util.find_spec(module) is None:
+        raise SettingsError(f"{option}: the PostgreSQL driver '{module}' is not installed; install mlflow-app with its postgres extra (uv sync --extra postgres, or pip install 'mlflow-app[postgres]') and use postgresql://.")
+
+
 def uri_for_message(uri: str) -> str:
     """A URI safe to print: its password, if any, masked (in the user part or a query parameter)."""
     try:
@@ -179,6 +193,8 @@ def validate(settings: Settings) -> None:
     check_scheme("--registry-store-uri", settings.registry_store_uri, REGISTRY_STORE_SCHEMES)
     check_scheme("--default-artifact-root", settings.default_artifact_root, ARTIFACT_SCHEMES)
     check_scheme("--artifacts-destination", settings.artifacts_destination, ARTIFACT_SCHEMES)
+    check_database_driver("--backend-store-uri", settings.backend_store_uri)
+    check_database_driver("--registry-store-uri", settings.registry_store_uri)
     if settings.uses_data_dir:
         check_data_dir(settings.data_dir)
     check_ui_dir(settings.effective_ui_dir)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -42,6 +43,10 @@ class LivenessProbe:
     failures: int = 3
 
 
+# A step before each start (the database check): None when MLflow may start, else (exit code, why).
+BeforeStart = Callable[[Callable[[str], None]], Awaitable[tuple[int, str] | None]]
+
+
 class Supervisor:
     """Runs `make_process()` until stopped, publishing what it sees in `state`."""
 
@@ -53,6 +58,7 @@ class Supervisor:
         backoff: Backoff | None = None,
         redact: Redactor | None = None,
         probe: LivenessProbe | None = None,
+        before_start: BeforeStart | None = None,
     ):
         self.make_process = make_process
         self.state = state
@@ -60,6 +66,7 @@ class Supervisor:
         self.backoff = backoff or Backoff()
         self.redact = redact or Redactor()
         self.probe = probe or LivenessProbe()
+        self.before_start = before_start
         self.process: MlflowProcess | None = None
         self._stopping = asyncio.Event()
 
@@ -69,6 +76,13 @@ class Supervisor:
     async def run(self) -> None:
         while not self._stopping.is_set():
             self.state.mark(UpstreamPhase.STARTING if self.state.restarts == 0 else UpstreamPhase.RESTARTING)
+            failed = await self._before_start()
+            if self._stopping.is_set():
+                return
+            if failed:  # counts as a start that never became ready: it feeds the crash loop
+                self.state.failed_starts += 1
+                await self._before_restart(*failed)
+                continue
             self.process = self.make_process(self._remember)
             await self.process.start()
             self.state.pid = self.process.pid
@@ -81,6 +95,21 @@ class Supervisor:
             # Its workers may outlive it (and hold the port): clear the whole group first.
             await self.process.stop(grace_seconds=2)
             await self._before_restart(code, reason)
+
+    async def _before_start(self) -> tuple[int, str] | None:
+        """The step before a start, if any; given up (None) when stop() comes first."""
+        if self.before_start is None:
+            return None
+        step = asyncio.create_task(self.before_start(self._remember))
+        stopping = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not step.done():
+            step.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await step
+            return None
+        return step.result()
 
     async def _run_once(self, process: MlflowProcess) -> tuple[int, str]:
         """Wait for readiness, then watch until the child exits or hangs; returns (code, why)."""

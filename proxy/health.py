@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
-from proxy.upstream import UpstreamState
+from proxy.upstream import UpstreamPhase, UpstreamState
 
 
 def health_response(state: UpstreamState, with_output: bool = True) -> JSONResponse:
-    """The answer for `state`; MLflow's last output lines only `with_output` (not for anonymous callers)."""
+    """The answer for `state`; MLflow's last output and exit reason only `with_output` (not for anonymous callers)."""
     mlflow = {
         "state": state.phase.value,
         "restarts": state.restarts,
@@ -16,7 +16,8 @@ def health_response(state: UpstreamState, with_output: bool = True) -> JSONRespo
     }
     if state.last_exit_code is not None:
         mlflow["last_exit_code"] = state.last_exit_code
-        mlflow["last_exit_reason"] = state.last_exit_reason
+        if with_output:  # it may name the database's host and user
+            mlflow["last_exit_reason"] = state.last_exit_reason
     if state.ready:
         return JSONResponse({"status": "ok", "front": "ready", "mlflow": mlflow})
     if with_output and state.last_error_lines:
@@ -25,6 +26,9 @@ def health_response(state: UpstreamState, with_output: bool = True) -> JSONRespo
     if state.crash_loop:
         mlflow["crash_loop"] = True
         reason = f"mlflow is in a crash loop: {state.failed_starts} starts failed in a row; see last_output"
+    if with_output and state.last_exit_reason and state.phase is UpstreamPhase.RESTARTING:
+        # e.g. "cannot use its database: PostgreSQL at db:5432 refused the password for user "mlflow"…"
+        reason += f"; last: mlflow {state.last_exit_reason}"
     body = {
         "status": "unavailable",
         "reason": reason,

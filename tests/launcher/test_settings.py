@@ -96,7 +96,7 @@ def test_unknown_scheme(make, option, field, uri):
         "sqlite:///x.db",
         "sqlite:////abs/path/mlflow.db",
         "postgresql://u:p@h/db",
-        "postgresql+psycopg2://u:p@h/db",
+        "postgresql+psycopg://u:p@h/db",
         "mysql+pymysql://u:p@h:3306/db",
         "mssql+pyodbc://u:p@h/db",
         "databricks",

@@ -88,6 +88,7 @@ async def supervise():
         command: Callable[[int], list[str]],
         start_timeout: float = 10.0,
         backoff: Backoff | None = None,
+        before_start=None,
         **env: str,
     ) -> tuple[Supervisor, RecordingState, list[MlflowProcess], asyncio.Task]:
         port = free_port()
@@ -108,6 +109,7 @@ async def supervise():
             start_timeout=start_timeout,
             backoff=backoff or Backoff(initial=0.01, cap=0.05, stable_after=60),
             redact=Redactor([SECRET]),
+            before_start=before_start,
         )
         running.append((supervisor, asyncio.create_task(supervisor.run())))
         return supervisor, state, made, running[-1][1]
@@ -237,3 +239,56 @@ async def test_stop_before_run_starts_nothing():
     await supervisor.stop(grace_seconds=1)
     await asyncio.wait_for(supervisor.run(), 1)
     assert made == [] and state.phase is UpstreamPhase.DOWN
+
+
+# --- the step before each start (the database check) ------------------------------------------
+
+
+async def test_a_failing_step_before_start_counts_as_a_failed_start_and_mlflow_never_starts(supervise):
+    async def database_refuses(on_output):
+        on_output(f"ERROR database: refused the password {SECRET}")
+        return 1, "cannot use its database: refused the password"
+
+    supervisor, state, made, run = supervise(lambda port: server_command(port), before_start=database_refuses)
+    await eventually(lambda: state.crash_loop, what="a crash loop")
+
+    assert made == []
+    assert (state.last_exit_code, state.last_exit_reason) == (1, "cannot use its database: refused the password")
+    assert state.phase is UpstreamPhase.RESTARTING
+    assert "ERROR database: refused the password ***" in state.last_error_lines
+
+
+async def test_mlflow_starts_once_the_step_succeeds(supervise):
+    calls = []
+
+    async def database_comes_up(on_output):
+        calls.append(1)
+        return (1, "cannot use its database: connection refused") if len(calls) < 3 else None
+
+    supervisor, state, made, run = supervise(lambda port: server_command(port), before_start=database_comes_up)
+    await eventually(lambda: state.ready, what="READY")
+
+    assert len(calls) == 3 and len(made) == 1
+    assert state.restarts == 2 and state.failed_starts == 0
+
+
+async def test_stop_during_the_step_cancels_it_and_starts_nothing(supervise):
+    entered, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def slow_migration(on_output):
+        entered.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    supervisor, state, made, run = supervise(lambda port: server_command(port), before_start=slow_migration)
+    await asyncio.wait_for(entered.wait(), 5)
+    started = time.monotonic()
+    await supervisor.stop(grace_seconds=1)
+    await asyncio.wait_for(run, 2)
+
+    assert time.monotonic() - started < 2
+    assert cancelled.is_set() and made == []
+    assert state.phase is UpstreamPhase.DOWN and state.restarts == 0

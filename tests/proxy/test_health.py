@@ -62,6 +62,20 @@ def test_not_ready_includes_mlflows_last_output_and_exit_code(phase):
     assert body["mlflow"]["last_exit_code"] == 1
 
 
+def test_while_restarting_the_reason_says_why_the_last_start_failed():
+    why = 'cannot use its database: PostgreSQL at db:5432 refused the password for user "mlflow"; correct …'
+    state = state_in(UpstreamPhase.RESTARTING, last_exit_code=1, last_exit_reason=why, failed_starts=3)
+
+    body = body_of(health_response(state))
+    anonymous = body_of(health_response(state, with_output=False))
+
+    assert body["reason"] == f"mlflow is in a crash loop: 3 starts failed in a row; see last_output; last: mlflow {why}"
+    assert body["mlflow"]["last_exit_reason"] == why
+    # It names the database's host and user: not for callers without the token.
+    assert anonymous["reason"] == "mlflow is in a crash loop: 3 starts failed in a row; see last_output"
+    assert "last_exit_reason" not in anonymous["mlflow"] and anonymous["mlflow"]["last_exit_code"] == 1
+
+
 def test_not_ready_without_output_has_no_last_output():
     assert "last_output" not in body_of(health_response(state_in(UpstreamPhase.STARTING)))["mlflow"]
 
