@@ -58,7 +58,10 @@ def main() -> None:
 @click.option("--log-format", show_envvar=True, envvar="MLFLOW_APP_LOG_FORMAT", type=click.Choice(["text", "json"]), default=default_log_format, show_default="text; json on Databricks Apps",
               help="Log lines on stdout: text for people, json for log collectors.")
 @click.option("--log-level", show_envvar=True, envvar="MLFLOW_APP_LOG_LEVEL", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True,
-              help="Lowest level logged, for the front and MLflow's folded-in output.")
+              help="Lowest level logged: the front's request log and messages, and MLflow's output unless --mlflow-log-level says otherwise.")
+@click.option("--mlflow-log-level", show_envvar=True, envvar="MLFLOW_APP_MLFLOW_LOG_LEVEL", type=click.Choice(["debug", "info", "warning", "error"]), show_default="--log-level",
+              help="Lowest level of MLflow's own output (its messages and its access lines) folded into the log; warning drops "
+                   "MLflow's per-request lines, which the front's request log already covers.")
 @click.option("--upstream-timeout", show_envvar=True, envvar="MLFLOW_APP_UPSTREAM_TIMEOUT", type=float, default=60.0, show_default=True,
               help="Seconds to wait for MLflow to start answering (and between bytes of a transfer) before the client "
                    "gets 504.")

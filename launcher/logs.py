@@ -65,13 +65,14 @@ class TextFormatter(logging.Formatter):
         return printable(self.redact(line))
 
 
-def configure_logging(log_format: str, level: str, redact: Redactor) -> None:
-    """One handler on stdout for us, uvicorn and MLflow's folded-in output."""
+def configure_logging(log_format: str, level: str, redact: Redactor, mlflow_level: str | None = None) -> None:
+    """One handler on stdout for us, uvicorn and MLflow's folded-in output (at `mlflow_level` if given)."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(redact) if log_format == "json" else TextFormatter(redact))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger(CHILD_LOGGER).setLevel((mlflow_level or level).upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

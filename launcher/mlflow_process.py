@@ -27,6 +27,8 @@ mlflow_log = logging.getLogger(CHILD_LOGGER)
 # is a credential the child has no use for.
 FRONT_ONLY_ENV = ("MLFLOW_HOST", "MLFLOW_PORT", "MLFLOW_SERVER_ALLOWED_HOSTS", "MLFLOW_STATIC_PREFIX", "MLFLOW_APP_AUTH_TOKEN")
 _LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\b")
+# Lines that continue the message before them: a traceback, its indented frames, the exception's line.
+_CONTINUATION = re.compile(r"^(\s|Traceback \(|During handling of|The above exception|[\w.]+(Error|Exception|Warning)\b)")
 PR_SET_PDEATHSIG = 1
 
 
@@ -61,6 +63,7 @@ def mlflow_environment(settings: Settings, base: dict[str, str] | None = None, s
     if settings.cors_allowed_origins:
         env["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] = ",".join(settings.cors_allowed_origins)
     env["PYTHONUNBUFFERED"] = "1"  # its lines reach our log as they happen
+    env["MLFLOW_LOGGING_LEVEL"] = settings.effective_mlflow_log_level.upper()  # MLflow's loggers emit what we keep
     if uses_workspace(settings):
         env.update(workspace_environment(env, sdk_profile))
     env.update(settings.extra_env)
@@ -75,10 +78,11 @@ def die_with_parent() -> None:
         pass  # not Linux: the front's own shutdown path still stops the child
 
 
-def level_of(line: str) -> int:
+def level_of(line: str, previous: int = logging.INFO) -> int:
+    """The level a line of MLflow's output names; a traceback's lines keep the level of the line they follow."""
     match = _LEVEL.search(line[:120])
     if not match:
-        return logging.INFO
+        return previous if _CONTINUATION.match(line) else logging.INFO
     return logging.WARNING if match.group(1) == "WARN" else logging.getLevelName(match.group(1))
 
 
@@ -117,11 +121,13 @@ class MlflowProcess:
 
     async def _pump_output(self) -> None:
         assert self.process and self.process.stdout
+        level = logging.INFO
         while line := await self.process.stdout.readline():
             text = line.decode("utf-8", "replace").rstrip()
             if text:
                 self.on_output(text)
-                mlflow_log.log(level_of(text), text)
+                level = level_of(text, level)
+                mlflow_log.log(level, text)
 
     async def answers_health(self, client: httpx.AsyncClient) -> bool:
         """Whether MLflow's own `/health` answers 200 within the client's timeout."""

@@ -53,7 +53,7 @@ def free_loopback_port() -> int:
 def serve(settings: Settings) -> None:
     """Run until SIGTERM or Ctrl-C; raises SettingsError before starting anything that cannot work."""
     redact = Redactor.from_environment(also=(settings.auth_token, *store_passwords(settings)))  # given as flags or inside URIs too
-    configure_logging(settings.log_format, settings.log_level, redact)
+    configure_logging(settings.log_format, settings.log_level, redact, settings.effective_mlflow_log_level)
     if uses_workspace(settings):
         identity = check_workspace()  # a wrong secret or an unreachable host stops us here, in one line
         log.info("workspace %s: signed in as %s (%s)", identity.host, identity.user_name, identity.auth_type)

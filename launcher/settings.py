@@ -41,6 +41,7 @@ class Settings:
     ui_dir: Path | None = None
     log_format: str = "text"
     log_level: str = "info"
+    mlflow_log_level: str | None = None  # None: as log_level
     mlflow_port: int = 0
     data_dir: Path = Path("mlflow-data")
     upstream_timeout: float = 60.0
@@ -65,6 +66,10 @@ class Settings:
     @property
     def effective_artifacts_destination(self) -> str:
         return self.artifacts_destination or str(self.data_dir.resolve() / "artifacts")
+
+    @property
+    def effective_mlflow_log_level(self) -> str:
+        return self.mlflow_log_level or self.log_level
 
     @property
     def effective_ui_dir(self) -> Path:

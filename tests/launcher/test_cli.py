@@ -241,6 +241,13 @@ def test_flags(captured, tmp_path, ui_dir):
     )  # fmt: skip
 
 
+def test_mlflow_log_level_follows_log_level_unless_set(captured):
+    assert only_run(invoke("--log-level", "warning"), captured).effective_mlflow_log_level == "warning"
+    captured.clear()
+    settings = only_run(invoke("--log-level", "warning", env={"MLFLOW_APP_MLFLOW_LOG_LEVEL": "error"}), captured)
+    assert (settings.log_level, settings.mlflow_log_level) == ("warning", "error")
+
+
 def test_backend_store_uri_from_environment(captured):
     settings = only_run(invoke(env={"MLFLOW_BACKEND_STORE_URI": "sqlite:///from-env.db"}), captured)
     assert settings.backend_store_uri == "sqlite:///from-env.db"

@@ -200,7 +200,7 @@ def test_source(logger, source, as_json, as_text):
 @pytest.fixture
 def restore_logging():
     root = logging.getLogger()
-    names = ("uvicorn", "uvicorn.error", "uvicorn.access", "httpx")
+    names = ("uvicorn", "uvicorn.error", "uvicorn.access", "httpx", CHILD_LOGGER)
     saved = (root.handlers[:], root.level, {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate, logging.getLogger(n).disabled, logging.getLogger(n).level) for n in names})
     yield
     root.handlers[:], root.level = saved[0], saved[1]
@@ -225,3 +225,23 @@ def test_configure_logging_one_handler_on_stdout(restore_logging, capsys, log_fo
     assert SECRET not in out and "token *** leaked" in out
     if log_format == "json":
         assert json.loads(out)["source"] == "mlflow"
+
+
+def test_mlflows_output_has_its_own_level(restore_logging, capsys):
+    configure_logging("text", "info", Redactor(), mlflow_level="warning")
+    logging.getLogger(CHILD_LOGGER).info('127.0.0.1:0 - "GET /api/2.0/mlflow/experiments/search HTTP/1.1" 200 OK')
+    logging.getLogger(CHILD_LOGGER).error("MLflow failed")
+    logging.getLogger("mlflow_app.request").info("front request line")
+    out = capsys.readouterr().out
+    assert "MLflow failed" in out and "front request line" in out and "experiments/search" not in out
+
+    configure_logging("text", "warning", Redactor(), mlflow_level="debug")
+    logging.getLogger(CHILD_LOGGER).debug("MLflow debug line")
+    logging.getLogger("mlflow_app.request").info("front request line")
+    out = capsys.readouterr().out
+    assert "MLflow debug line" in out and "front request line" not in out
+
+
+def test_mlflows_output_follows_the_front_level_by_default(restore_logging, capsys):
+    configure_logging("text", "warning", Redactor())
+    assert logging.getLogger(CHILD_LOGGER).getEffectiveLevel() == logging.WARNING

@@ -160,6 +160,31 @@ def test_level_of(line, level):
     assert level_of(line) == level
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Traceback (most recent call last):",
+        '  File "/x/mlflow/server/handlers.py", line 12, in wrapper',
+        "sqlalchemy.exc.OperationalError: (psycopg.OperationalError) connection failed",
+        "ValueError: bad",
+        "During handling of the above exception, another exception occurred:",
+    ],
+)
+def test_a_tracebacks_lines_keep_the_level_of_the_line_before(line):
+    assert level_of(line, previous=logging.ERROR) == logging.ERROR
+
+
+def test_a_new_message_without_a_level_is_info_again():
+    assert level_of("Registry store URI not provided. Using backend store URI.", previous=logging.ERROR) == logging.INFO
+
+
+def test_mlflows_own_logging_level_follows_ours(tmp_path):
+    assert mlflow_environment(Settings(data_dir=tmp_path), base={})["MLFLOW_LOGGING_LEVEL"] == "INFO"
+    assert mlflow_environment(Settings(data_dir=tmp_path, log_level="warning"), base={})["MLFLOW_LOGGING_LEVEL"] == "WARNING"
+    settings = Settings(data_dir=tmp_path, log_level="warning", mlflow_log_level="debug")
+    assert mlflow_environment(settings, base={})["MLFLOW_LOGGING_LEVEL"] == "DEBUG"
+
+
 # --- MlflowProcess with fake children ----------------------------------------------------------
 
 
