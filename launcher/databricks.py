@@ -48,6 +48,8 @@ SDK_PROFILE = "mlflow-app"
 SDK_HTTP_TIMEOUT_SECONDS = 15
 SDK_RETRY_TIMEOUT_SECONDS = 10
 
+# The folder of a volume that holds what the app serves, when the destination is a whole volume.
+VOLUME_FOLDER = "mlflow"
 # A Unity Catalog volume by its three-part name.
 VOLUME_NAME = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 
@@ -110,15 +112,20 @@ def child_artifacts_destination(settings: Settings) -> str:
     A Unity Catalog volume given as a path (`/Volumes/<catalog>/<schema>/<volume>`, which is how
     Databricks Apps passes a volume resource) or as a name (`<catalog>.<schema>.<volume>`) becomes
     `dbfs:/Volumes/...`, the form MLflow reaches through the Files API with the app's credentials;
-    as a plain path it would be taken as a folder on the app's own disk.
+    as a plain path it would be taken as a folder on the app's own disk. A whole volume gets a
+    folder, `mlflow`.
     """
     destination = settings.effective_artifacts_destination
     if not uses_workspace(settings) or not settings.artifacts_destination:
         return destination
     if destination.startswith("/Volumes/"):
-        return "dbfs:" + destination
-    if VOLUME_NAME.match(destination):
-        return "dbfs:/Volumes/" + destination.replace(".", "/")
+        destination = "dbfs:" + destination
+    elif VOLUME_NAME.match(destination):
+        destination = "dbfs:/Volumes/" + destination.replace(".", "/")
+    # MLflow's volume repository refuses a volume's root; a folder of ours keeps the rest of the
+    # volume free for other uses.
+    if destination.startswith("dbfs:/Volumes/") and len(destination.rstrip("/").split("/")) == 5:
+        destination = destination.rstrip("/") + "/" + VOLUME_FOLDER
     return destination
 
 

@@ -10,6 +10,8 @@ instance only:
   app can see (up to MAX_SCANNED_MODELS) and paging the matches itself;
 - an `order_by`, which Unity Catalog takes for neither search, orders each page (name, version,
   timestamps) instead of being refused;
+- version search results, which UC returns without aliases or tags as an entity MLflow's handler
+  cannot serialise, are served as plain versions with empty aliases and tags;
 - with artifacts served by the app, a version's download URI is its `mlflow-artifacts:` path, so
   that `load_model("models:/catalog.schema.model@alias")` works with only the app's URL.
 """
@@ -97,7 +99,7 @@ def adapt_registry_store(store, proxied_downloads: bool) -> None:
 
         def search_model_versions(self, filter_string=None, max_results=None, order_by=None, page_token=None):
             page = super().search_model_versions(filter_string or None, max_results, None, page_token or None)
-            return PagedList(ordered(page, order_by), page.token)
+            return PagedList(ordered([plain_model_version(v) for v in page], order_by), page.token)
 
         def create_model_version(self, name, source, run_id=None, tags=None, run_link=None, description=None, local_model_path=None, model_id=None):
             return super().create_model_version(
@@ -113,6 +115,21 @@ def adapt_registry_store(store, proxied_downloads: bool) -> None:
 
     OpenSourceServerUcStore.__name__ = f"OpenSourceServer{base.__name__}"
     store.__class__ = OpenSourceServerUcStore
+
+
+def plain_model_version(found):
+    """A version from UC's search as the ModelVersion MLflow's handler can serialise.
+
+    The store returns `ModelVersionSearch`, whose `aliases` is a method that raises (UC search
+    carries no aliases or tags), so the handler's `to_proto` failed with a TypeError: a 500.
+    """
+    from mlflow.entities.model_registry import ModelVersion
+
+    if type(found) is ModelVersion:
+        return found
+    plain = ModelVersion.__new__(ModelVersion)
+    plain.__dict__.update(found.__dict__)  # empty tags and aliases, as the search gave them
+    return plain
 
 
 def page_of(items: list, max_results: int | None, page_token: str | None):

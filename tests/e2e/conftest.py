@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+import mlflow
 import pytest
 
-from tests.app_process import AppProcess
+from tests.app_process import QUIET_ENV, AppProcess
 
 # Distinctive values, so that finding any of them in output is a leak and nothing else.
 AUTH_TOKEN = "appTOKENf7c3a91e5b0d4c2a8e6f"
@@ -40,3 +43,50 @@ def standin_workspace(tmp_path_factory):
         yield workspace
     finally:
         workspace.stop()
+
+
+# --- Databricks mode -----------------------------------------------------------------------------
+
+DATABRICKS_APP_NAME = "mlflow-e2e"
+# The app's volume resource: Databricks Apps puts its path in MLFLOW_ARTIFACTS_DESTINATION (deploy/).
+VOLUME = "/Volumes/main/default/mlflow-artifacts"
+
+
+def platform_env(workspace, **overrides: str) -> dict[str, str]:
+    """What Databricks Apps gives the app, this machine's own Databricks settings left out."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATABRICKS_")}
+    env.update(QUIET_ENV, DATABRICKS_APP_NAME=DATABRICKS_APP_NAME, MLFLOW_ARTIFACTS_DESTINATION=VOLUME, **workspace.oauth_env())
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="session")
+def databricks_app(tmp_path_factory, standin_workspace) -> AppProcess:
+    """mlflow-app in Databricks mode against the stand-in: every default from DATABRICKS_APP_NAME but
+    the address, since a test must not listen on 0.0.0.0. Shared by the Databricks-mode modules."""
+    app = AppProcess(tmp_path_factory.mktemp("databricks-app"), "--host", "127.0.0.1")
+    app.env = platform_env(standin_workspace)
+    app.start()
+    try:
+        app.wait_ready()
+        yield app
+    finally:
+        app.stop()
+
+
+@pytest.fixture
+def client(databricks_app, monkeypatch) -> mlflow.MlflowClient:
+    """The real mlflow client, with the app's URL and no Databricks credentials of its own."""
+    for name in list(os.environ):
+        if name.startswith("DATABRICKS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", databricks_app.url)
+    return mlflow.MlflowClient(tracking_uri=databricks_app.url)
+
+
+@pytest.fixture(scope="session")
+def backing(standin_workspace):
+    """Queries to the stand-in's own MLflow, around the workspace's checks: what landed there."""
+    from tests.standin.workspace import BackingMlflow
+
+    return BackingMlflow(standin_workspace.backing_url)

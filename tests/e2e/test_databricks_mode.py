@@ -18,49 +18,11 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 
 from tests.app_process import APP_COMMAND, QUIET_ENV, AppProcess, free_port
-from tests.standin.workspace import BackingMlflow
+from tests.e2e.conftest import VOLUME, platform_env
 
 pytestmark = pytest.mark.e2e
 
-APP_NAME = "mlflow-e2e"
 START_FAILS_WITHIN_SECONDS = 60.0
-
-
-def platform_env(workspace, **overrides: str) -> dict[str, str]:
-    """What Databricks Apps gives the app, this machine's own Databricks settings left out."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DATABRICKS_")}
-    env.update(QUIET_ENV, DATABRICKS_APP_NAME=APP_NAME, **workspace.oauth_env())
-    env.update(overrides)
-    return env
-
-
-@pytest.fixture(scope="module")
-def databricks_app(tmp_path_factory, standin_workspace) -> AppProcess:
-    """mlflow-app in Databricks mode: every default from DATABRICKS_APP_NAME but the address, since a
-    test must not listen on 0.0.0.0."""
-    app = AppProcess(tmp_path_factory.mktemp("databricks-app"), "--host", "127.0.0.1")
-    app.env = platform_env(standin_workspace)
-    app.start()
-    try:
-        app.wait_ready()
-        yield app
-    finally:
-        app.stop()
-
-
-@pytest.fixture
-def client(databricks_app, monkeypatch) -> mlflow.MlflowClient:
-    """The real mlflow client, with the app's URL and no Databricks credentials of its own."""
-    for name in list(os.environ):
-        if name.startswith("DATABRICKS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", databricks_app.url)
-    return mlflow.MlflowClient(tracking_uri=databricks_app.url)
-
-
-@pytest.fixture(scope="module")
-def backing(standin_workspace) -> BackingMlflow:
-    return BackingMlflow(standin_workspace.backing_url)
 
 
 def log_entries(app: AppProcess) -> list[dict]:
@@ -76,7 +38,9 @@ def test_signs_in_as_the_service_principal_and_logs_json(databricks_app, standin
     assert f"workspace {standin_workspace.url}: signed in as {standin_workspace.client_id} (oauth-m2m)" in messages
     started = next(m for m in messages if m.startswith("started MLflow"))
     assert "--backend-store-uri databricks --registry-store-uri databricks-uc" in started
-    assert any("artifacts go to" in m and "lost when it restarts" in m for m in messages)
+    # The volume resource's path, as MLflow reaches it, and our adaptations loaded (launcher/child/).
+    assert f"--artifacts-destination dbfs:{VOLUME}/mlflow" in started and "--app-name mlflow-app-workspace" in started
+    assert not any("artifacts go to" in m for m in messages)
 
 
 def test_the_child_gets_the_credentials_and_bounded_retries(databricks_app, standin_workspace):

@@ -21,10 +21,10 @@ WORKSPACE = Settings(backend_store_uri="databricks", registry_store_uri="databri
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
-        ("/Volumes/main/default/mlflow-artifacts", "dbfs:/Volumes/main/default/mlflow-artifacts"),
+        ("/Volumes/main/default/mlflow-artifacts", "dbfs:/Volumes/main/default/mlflow-artifacts/mlflow"),
         ("/Volumes/main/default/vol/sub", "dbfs:/Volumes/main/default/vol/sub"),
-        ("main.default.mlflow-artifacts", "dbfs:/Volumes/main/default/mlflow-artifacts"),
-        ("dbfs:/Volumes/main/default/v", "dbfs:/Volumes/main/default/v"),
+        ("main.default.mlflow-artifacts", "dbfs:/Volumes/main/default/mlflow-artifacts/mlflow"),
+        ("dbfs:/Volumes/main/default/v/", "dbfs:/Volumes/main/default/v/mlflow"),
         ("s3://bucket/mlflow", "s3://bucket/mlflow"),
     ],
 )
@@ -115,3 +115,15 @@ def test_ordering_and_paging():
     assert list(last) == [4] and last.token is None
     with pytest.raises(MlflowException, match="Invalid page token"):
         page_of([1], 1, "bogus")
+
+
+def test_uc_search_results_become_versions_the_handler_can_serialise():
+    from mlflow.entities.model_registry.model_version_search import ModelVersionSearch
+
+    from launcher.child.registry import plain_model_version
+
+    found = ModelVersionSearch(name="main.ml.iris", version="2", creation_timestamp=1, source="models:/m-1")
+    with pytest.raises(TypeError):
+        found.to_proto()  # MLflow's own entity, as its handler meets it
+    proto = plain_model_version(found).to_proto()
+    assert (proto.name, proto.version, list(proto.aliases), list(proto.tags)) == ("main.ml.iris", "2", [], [])
