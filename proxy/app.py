@@ -8,9 +8,11 @@ from functools import partial
 from dataclasses import dataclass, field
 
 import anyio
-from fastapi import FastAPI, Request
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.assets import UiAssets
@@ -49,7 +51,7 @@ def create_app(
     metrics = metrics or FrontMetrics(state)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):
+    async def lifespan(_: Starlette):
         # Compress the UI build once, off the event loop, while MLflow is still starting.
         async with anyio.create_task_group() as background:
             # A stop during compression need not wait for it: the thread's work is only a cache.
@@ -60,29 +62,21 @@ def create_app(
                 background.cancel_scope.cancel()
                 await upstream.aclose()
 
-    app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
         return mlflow_error(500, "The front failed to handle this request; see the server log.")
 
-    app.add_exception_handler(Exception, unexpected_error)
-
     async def routing_error(request: Request, exc: HTTPException) -> Response:
         # No route (a path with a line break in it) or a method none of them takes: MLflow's shape,
-        # not FastAPI's {"detail": ...}.
+        # not Starlette's plain text.
         return mlflow_error(exc.status_code, f"{exc.detail}: {request.method} is not served at this path.", headers=exc.headers)
 
-    app.add_exception_handler(HTTPException, routing_error)
-
-    @app.get("/health", include_in_schema=False)
     async def health(request: Request) -> Response:
         # With auth on, /health stays open to probes but shows MLflow's output only with the token.
         return health_response(state, with_output=request.scope.get("state", {}).get("authenticated", True))
 
     # A route like any other: behind the Host check and whatever guards the app.
-    @app.api_route("/metrics", methods=["GET", "HEAD"], include_in_schema=False)
-    async def metrics_endpoint() -> Response:
+    async def metrics_endpoint(_: Request) -> Response:
         return metrics.response()
 
     def ui_headers(response: Response) -> Response:
@@ -91,16 +85,13 @@ def create_app(
             response.headers.setdefault("x-frame-options", config.frame_options.upper())
         return response
 
-    @app.api_route("/", methods=ALL_METHODS, include_in_schema=False)
     async def index(request: Request) -> Response:
         return ui_headers(await assets.response("index.html", request.headers, request.method))
 
-    @app.api_route("/static-files/{path:path}", methods=ALL_METHODS, include_in_schema=False)
-    async def static_file(request: Request, path: str) -> Response:
-        return ui_headers(await assets.response(path, request.headers, request.method))
+    async def static_file(request: Request) -> Response:
+        return ui_headers(await assets.response(request.path_params["path"], request.headers, request.method))
 
-    @app.api_route("/{path:path}", methods=ALL_METHODS, include_in_schema=False)
-    async def to_mlflow(request: Request, path: str) -> Response:
+    async def to_mlflow(request: Request) -> Response:
         public_host = request.headers.get("x-forwarded-host") or request.headers.get("host", "")
         scheme = request.headers.get("x-forwarded-proto") or request.url.scheme
         verdict = config.edge_policy.origin_verdict(request.headers.get("origin"), public_host, scheme)
@@ -112,6 +103,19 @@ def create_app(
                 "(MLFLOW_SERVER_CORS_ALLOWED_ORIGINS).",
             )
         return await upstream.forward(request, forward_origin=verdict is OriginVerdict.ALLOWED)
+
+    # Plain Starlette routing: FastAPI's request handling (and pydantic, ~20 MiB) bought nothing here.
+    app = Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET", "HEAD"]),
+            Route("/", index, methods=ALL_METHODS),
+            Route("/static-files/{path:path}", static_file, methods=ALL_METHODS),
+            Route("/{path:path}", to_mlflow, methods=ALL_METHODS),
+        ],
+        exception_handlers={Exception: unexpected_error, HTTPException: routing_error},
+        lifespan=lifespan,
+    )
 
     guarded = TokenAuth(app, config.auth_token) if config.auth_token else app
     # Outermost first: measured and logged whatever answers, the Host check's 403 included.
