@@ -106,10 +106,11 @@ class ProxiedArtifactRouter:
     def _refuse_model_space(self, artifact_path: str | None) -> None:
         if artifact_path and model_version_path(artifact_path) is not None:
             from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
 
             raise MlflowException(
                 "Unity Catalog model files are read only through the app; register a new model version instead.",
-                error_code="PERMISSION_DENIED",
+                error_code=PERMISSION_DENIED,
             )
 
     def log_artifact(self, local_file: str, artifact_path: str | None = None) -> None:

@@ -23,6 +23,8 @@ import re
 MAX_SCANNED_MODELS = 10_000
 SCAN_PAGE_SIZE = 1000
 _NAME_FILTER = re.compile(r"^\s*name\s*(?P<op>=|!=|i?like)\s*(?P<quote>['\"])(?P<value>.*)(?P=quote)\s*$", re.IGNORECASE)
+_AND = re.compile(r"\s+and\s+", re.IGNORECASE)
+_NOT_A_PROMPT = re.compile(r"^\s*tags?\.`?mlflow\.prompt\.is_prompt`?\s*!=\s*'true'\s*$", re.IGNORECASE)
 _ORDER = re.compile(r"^\s*(?P<key>\w+)(?:\s+(?P<direction>asc|desc))?\s*$", re.IGNORECASE)
 _SORT_KEYS = {
     "name": lambda item: item.name,
@@ -37,6 +39,17 @@ def is_unity_catalog_store(store) -> bool:
     from mlflow.store._unity_catalog.registry.rest_store import UcModelRegistryStore
 
     return isinstance(store, UcModelRegistryStore)
+
+
+def name_conditions(filter_string: str | None) -> list[str]:
+    """The conditions of a registered-model filter that still need applying, as strings.
+
+    MLflow's client adds `tag.`mlflow.prompt.is_prompt` != 'true'` to every model search, to
+    leave prompts out; Unity Catalog keeps prompts apart from models, so that condition holds
+    for every model it returns and is dropped here.
+    """
+    conditions = [c for c in _AND.split(filter_string or "") if c.strip()]
+    return [c for c in conditions if not _NOT_A_PROMPT.match(c)]
 
 
 def name_matcher(filter_string: str):
@@ -80,11 +93,12 @@ def adapt_registry_store(store, proxied_downloads: bool) -> None:
 
     class OpenSourceServerUcStore(base):
         def search_registered_models(self, filter_string=None, max_results=None, order_by=None, page_token=None):
-            if not filter_string:
+            conditions = name_conditions(filter_string)
+            if not conditions:
                 page = super().search_registered_models(None, max_results, None, page_token or None)
                 return PagedList(ordered(page, order_by), page.token)
-            matches = name_matcher(filter_string)
-            found = [model for model in self._scan_registered_models() if matches(model.name)]
+            matchers = [name_matcher(condition) for condition in conditions]
+            found = [model for model in self._scan_registered_models() if all(m(model.name) for m in matchers)]
             return page_of(ordered(found, order_by or ["name ASC"]), max_results, page_token)
 
         def _scan_registered_models(self):

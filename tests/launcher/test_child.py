@@ -127,3 +127,27 @@ def test_uc_search_results_become_versions_the_handler_can_serialise():
         found.to_proto()  # MLflow's own entity, as its handler meets it
     proto = plain_model_version(found).to_proto()
     assert (proto.name, proto.version, list(proto.aliases), list(proto.tags)) == ("main.ml.iris", "2", [], [])
+
+
+def test_the_clients_prompt_exclusion_is_dropped_and_name_conditions_kept():
+    from launcher.child.registry import name_conditions
+
+    prompt_clause = "tag.`mlflow.prompt.is_prompt` != 'true'"
+    assert name_conditions(prompt_clause) == []
+    assert name_conditions(f"name LIKE 'main.%' AND {prompt_clause}") == ["name LIKE 'main.%'"]
+    assert name_conditions("") == [] and name_conditions(None) == []
+    assert name_conditions("name = 'a.b.c' and tags.team = 'x'") == ["name = 'a.b.c'", "tags.team = 'x'"]
+
+
+def test_writes_into_the_model_space_are_refused_with_403(tmp_path):
+    from launcher.child.artifacts import ProxiedArtifactRouter
+
+    router = ProxiedArtifactRouter(str(tmp_path))
+    upload = tmp_path / "f.txt"
+    upload.write_text("x")
+    with pytest.raises(MlflowException) as refused:
+        router.log_artifact(str(upload), f"{UC_MODELS_PREFIX}/main.ml.iris/1")
+    assert refused.value.get_http_status_code() == 403
+    router.log_artifact(str(upload), "experiments/e1")  # elsewhere: the destination's own repository
+    assert (tmp_path / "experiments" / "e1" / "f.txt").read_text() == "x"
+    assert [f.path for f in router.list_artifacts("experiments/e1")] == ["experiments/e1/f.txt"]
