@@ -19,7 +19,7 @@ from proxy.redaction import SECRET_ENV_VARS
 
 PROJECT = Path(__file__).resolve().parents[2]
 UNIT = PROJECT / "deploy" / "systemd" / "mlflow-app.service"
-ENV_FILE = PROJECT / "deploy" / "systemd" / "mlflow-app.env"
+ENV_FILE = PROJECT / "deploy" / "systemd" / "mlflow-app.env.example"  # not *.env: the Databricks upload refuses those
 
 
 def read_unit(text: str) -> configparser.ConfigParser:
