@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -122,7 +123,7 @@ class Bench:
 
     def start_setups(self) -> None:
         log("starting mlflow-app (front + MLflow child)")
-        self.front = Front(self.workdir / "front").start()
+        self.front = Front(self.workdir / "front", extra_args=("--workers", str(self.args.mlflow_workers))).start()
         self.urls = {"mlflow": self.front.mlflow_url, "front": self.front.url}
         if "nginx" in self.args.setups:
             self.nginx = Nginx(self.workdir / "nginx", self.front.mlflow_port).start()
@@ -148,9 +149,8 @@ class Bench:
         log("api: warm-up")
         for call in calls:
             for url in self.urls.values():
-                run_wrk(url, call, 16, 1, step_base=self._step_base())
+                run_wrk(url, call, 1, 1, step_base=self._step_base())
         out: dict = {}
-        mlflow_pid = tree_of(self.front.process.pid)[1].pid
         proxies = {"mlflow": [], "nginx": tree_of(self.nginx.process.pid) if self.nginx else [], "front": tree_of(self.front.process.pid)[:1]}
         with PeakMemory(self.front.process.pid) as peak:
             for turn in range(self.args.repeats):
@@ -158,11 +158,11 @@ class Bench:
                     for connections in self.args.concurrency:
                         for setup in rotate(tuple(self.urls), turn):
                             # MLflow finishes what a previous run left queued before the next is timed.
-                            settle(mlflow_pid, seconds=0.5, timeout=120)
+                            workloads.drain(self.front.mlflow_url, fixtures)
                             cpu_before = cpu_seconds(proxies[setup])
                             result = run_wrk(self.urls[setup], call, connections, self.args.seconds, step_base=self._step_base())
                             row = result.as_dict()
-                            if proxies[setup]:  # the proxy's own CPU per request: steadier than req/s on a busy machine
+                            if proxies[setup] and result.requests:  # the proxy's own CPU per request: steadier than req/s on a busy machine
                                 row["proxy_cpu_ms"] = round(1000 * (cpu_seconds(proxies[setup]) - cpu_before) / max(result.requests, 1), 3)
                             out.setdefault(call.name, {}).setdefault(str(connections), {}).setdefault(setup, []).append(row)
                             log(f"api {turn + 1}/{self.args.repeats} {call.name} c={connections} {setup}: "
@@ -293,6 +293,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5, help="duration of each wrk run")
     parser.add_argument("--concurrency", default="1,16,64", help="connections for the API calls")
     parser.add_argument("--artifact-mib", type=int, default=1024, help="size of the artifact uploaded and downloaded")
+    parser.add_argument("--mlflow-workers", type=int, default=1, help="MLflow's workers (--workers of mlflow-app serve); 1 is our default")
     parser.add_argument("--setups", default=",".join(SETUPS), help="which of mlflow, nginx, front to measure")
     parser.add_argument("--out", type=Path, help="results file (default bench/results/<date>-<time>.json)")
     parser.add_argument("--note", default="", help="free text kept with the results (e.g. other load on the machine)")
@@ -306,6 +307,7 @@ def main() -> None:
     if "nginx" in args.setups and not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()):
         raise SystemExit("nginx not found: apt-get install -y nginx (or --setups mlflow,front)")
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     started = datetime.datetime.now()
     out = args.out or RESULTS / f"{started:%Y-%m-%d-%H%M}.json"
     with tempfile.TemporaryDirectory(prefix="mlflow-bench-") as tmp:
@@ -315,7 +317,7 @@ def main() -> None:
             "command": " ".join(["python -m bench.run", *sys.argv[1:]]),
             "machine": machine(),
             "load_before": [round(x, 2) for x in os.getloadavg()],
-            "repeats": args.repeats, "seconds": args.seconds, "note": args.note,
+            "repeats": args.repeats, "seconds": args.seconds, "note": args.note, "mlflow_workers": args.mlflow_workers,
         }  # fmt: skip
         try:
             if {"api", "ui", "artifact"} & set(args.workloads):
