@@ -10,6 +10,8 @@ instance only:
   app can see (up to MAX_SCANNED_MODELS) and paging the matches itself;
 - an `order_by`, which Unity Catalog takes for neither search, orders each page (name, version,
   timestamps) instead of being refused;
+- the UI's search for prompt versions (a tag filter UC refuses) finds none: UC's models are not
+  prompts;
 - version search results, which UC returns without aliases or tags as an entity MLflow's handler
   cannot serialise, are served as plain versions with empty aliases and tags;
 - with artifacts served by the app, a version's download URI is its `mlflow-artifacts:` path, so
@@ -25,6 +27,7 @@ SCAN_PAGE_SIZE = 1000
 _NAME_FILTER = re.compile(r"^\s*name\s*(?P<op>=|!=|i?like)\s*(?P<quote>['\"])(?P<value>.*)(?P=quote)\s*$", re.IGNORECASE)
 _AND = re.compile(r"\s+and\s+", re.IGNORECASE)
 _NOT_A_PROMPT = re.compile(r"^\s*tags?\.`?mlflow\.prompt\.is_prompt`?\s*!=\s*'true'\s*$", re.IGNORECASE)
+_A_PROMPT = re.compile(r"^\s*tags?\.`?mlflow\.prompt\.is_prompt`?\s*=\s*'true'\s*$", re.IGNORECASE)
 _ORDER = re.compile(r"^\s*(?P<key>\w+)(?:\s+(?P<direction>asc|desc))?\s*$", re.IGNORECASE)
 _SORT_KEYS = {
     "name": lambda item: item.name,
@@ -50,6 +53,15 @@ def name_conditions(filter_string: str | None) -> list[str]:
     """
     conditions = [c for c in _AND.split(filter_string or "") if c.strip()]
     return [c for c in conditions if not _NOT_A_PROMPT.match(c)]
+
+
+def asks_for_prompts(filter_string: str | None) -> bool:
+    """Whether a version search is the UI's look-up of prompt versions (e.g. linked to a run).
+
+    Unity Catalog refuses such tag filters; the models it serves here are never prompts, so the
+    answer is empty, as it is from MLflow's own registry without prompts.
+    """
+    return any(_A_PROMPT.match(c) for c in _AND.split(filter_string or ""))
 
 
 def name_matcher(filter_string: str):
@@ -112,6 +124,8 @@ def adapt_registry_store(store, proxied_downloads: bool) -> None:
                     return
 
         def search_model_versions(self, filter_string=None, max_results=None, order_by=None, page_token=None):
+            if asks_for_prompts(filter_string):
+                return PagedList([], None)
             page = super().search_model_versions(filter_string or None, max_results, None, page_token or None)
             return PagedList(ordered([plain_model_version(v) for v in page], order_by), page.token)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -123,6 +124,13 @@ def seeded_run(tracking) -> SeededRun:
 
 @pytest.fixture
 def ui(app) -> Iterator[Ui]:
+    with browser_page(app) as page:
+        yield page
+
+
+@contextmanager
+def browser_page(app) -> Iterator[Ui]:
+    """Chromium on the app's public origin (a Databricks Apps host name mapped to 127.0.0.1)."""
     origin = f"http://{PUBLIC_HOST}:{app.port}"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

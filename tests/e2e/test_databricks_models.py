@@ -1,12 +1,15 @@
 """Artifacts and Unity Catalog models for a client that knows only the app's URL, in Databricks mode
 against the stand-in workspace (its tracking MLflow, Unity Catalog registry and Files API, all
 behind the app's OAuth credentials). The client has no Databricks credentials: every byte it
-writes or reads goes through the app, and what lands is checked in the stand-in's own storage."""
+writes or reads goes through the app, and what lands is checked in the stand-in's own storage.
+The last test opens the run and model pages in a real browser."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from tests.e2e.test_browser import UI_TIMEOUT_MS, assert_no_error_shown, browser_page
 
 pytestmark = pytest.mark.e2e
 
@@ -136,3 +139,47 @@ def test_a_model_versions_files_are_read_only_through_the_app(registered, databr
     assert read.status_code == 200 and b"flavors" in read.content
     write = httpx.put(databricks_app.url + path, content=b"replaced", timeout=60)
     assert write.status_code == 403 and write.json()["error_code"] == "PERMISSION_DENIED"
+
+
+# --- the UI ------------------------------------------------------------------------------------
+
+
+def test_run_and_model_pages(databricks_app, registered):
+    run, _, _ = registered
+    experiment_id = run.info.experiment_id
+    with browser_page(databricks_app) as ui:
+        # The run page and its artifact view: the logged model, read from the volume through the app.
+        ui.open(f"/experiments/{experiment_id}/runs/{run.info.run_id}")
+        ui.see(ui.page.get_by_role("heading", name=run.info.run_name))
+        assert_no_error_shown(ui)
+        with ui.page.expect_response(lambda r: "/artifacts/list" in r.url, timeout=UI_TIMEOUT_MS) as listed:
+            ui.page.get_by_role("tab", name="Artifacts").click()
+        assert listed.value.status == 200
+        assert_no_error_shown(ui)
+
+        # The registry's pages, backed by Unity Catalog through the child's adaptations.
+        with ui.page.expect_response(lambda r: "/registered-models/search" in r.url, timeout=UI_TIMEOUT_MS) as searched:
+            ui.open("/models")
+        assert searched.value.status == 200
+        ui.see(ui.page.get_by_role("link", name=SOURCE_MODEL))
+        assert_no_error_shown(ui)
+
+        with ui.page.expect_response(lambda r: "/model-versions/search" in r.url, timeout=UI_TIMEOUT_MS) as versions:
+            ui.open(f"/models/{SOURCE_MODEL}")
+        assert versions.value.status == 200
+        ui.see(ui.page.get_by_role("link", name="Version 1"))
+        assert_no_error_shown(ui)
+
+        # The version page reads the signature from the version's MLmodel, which the app fetches
+        # from Unity Catalog's storage (model-versions/get-artifact), and links the source run.
+        with ui.page.expect_response(lambda r: "/model-versions/get-artifact" in r.url, timeout=UI_TIMEOUT_MS) as artifact:
+            ui.open(f"/models/{SOURCE_MODEL}/versions/1")
+        assert artifact.value.status == 200
+        ui.see(ui.page.get_by_role("heading", name="Version 1"))
+        ui.see(ui.page.get_by_role("row", name="Inputs (4)"))
+        ui.see(ui.page.get_by_role("link", name=run.info.run_name))
+        assert_no_error_shown(ui)
+
+        assert ui.traffic.failures == []
+        assert ui.traffic.error_answers() == []
+        assert ui.traffic.foreign_requests() == []

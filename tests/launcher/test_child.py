@@ -151,3 +151,13 @@ def test_writes_into_the_model_space_are_refused_with_403(tmp_path):
     router.log_artifact(str(upload), "experiments/e1")  # elsewhere: the destination's own repository
     assert (tmp_path / "experiments" / "e1" / "f.txt").read_text() == "x"
     assert [f.path for f in router.list_artifacts("experiments/e1")] == ["experiments/e1/f.txt"]
+
+
+def test_the_uis_prompt_version_lookup_is_recognised():
+    from launcher.child.registry import asks_for_prompts
+
+    ui_filter = "tags.`mlflow.prompt.is_prompt` = 'true' AND tags.`mlflow.prompt.run_ids` ILIKE \"%abc%\""
+    assert asks_for_prompts(ui_filter)
+    assert not asks_for_prompts("name='main.ml.iris'")
+    assert not asks_for_prompts("tag.`mlflow.prompt.is_prompt` != 'true'")
+    assert not asks_for_prompts(None)
