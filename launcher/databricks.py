@@ -48,6 +48,8 @@ SDK_PROFILE = "mlflow-app"
 SDK_HTTP_TIMEOUT_SECONDS = 15
 SDK_RETRY_TIMEOUT_SECONDS = 10
 
+# The folder that holds our packages (launcher/, proxy/), installed or uploaded.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The folder of a volume that holds what the app serves, when the destination is a whole volume.
 VOLUME_FOLDER = "mlflow"
 # A Unity Catalog volume by its three-part name.
@@ -146,13 +148,33 @@ def write_sdk_profile(directory: Path) -> Path:
     return path
 
 
-def workspace_environment(env: Mapping[str, str], sdk_profile: Path | None) -> dict[str, str]:
+def write_child_plugin(directory: Path) -> Path:
+    """A folder that declares our `mlflow.app` plugin to the child, returned for its PYTHONPATH.
+
+    On Databricks Apps our packages run from the uploaded folder and are not installed, so no
+    installed package metadata declares the entry point `mlflow server --app-name` looks up; this
+    minimal distribution does, wherever we run.
+    """
+    from launcher.child.app import WORKSPACE_APP_NAME
+
+    info = directory / "child-plugin" / "mlflow_app_workspace-1.0.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mlflow-app-workspace\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[mlflow.app]\n{WORKSPACE_APP_NAME} = launcher.child.app:create_app\n")
+    return info.parent
+
+
+def workspace_environment(env: Mapping[str, str], sdk_profile: Path | None, child_plugin: Path | None = None) -> dict[str, str]:
     """What to add to the child's environment `env` for a workspace store.
 
     The credentials (DATABRICKS_HOST, DATABRICKS_CLIENT_ID, DATABRICKS_CLIENT_SECRET or
     DATABRICKS_TOKEN) are already in `env`, passed through as the platform set them.
     """
     extra = {name: value for name, value in CHILD_HTTP_ENV.items() if not env.get(name)}
+    if child_plugin:
+        # The plugin's declaration, and our packages (launcher.child) wherever the child's cwd is.
+        paths = [str(child_plugin), str(PROJECT_ROOT), env.get("PYTHONPATH", "")]
+        extra["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     configured = env.get("DATABRICKS_CONFIG_PROFILE") or env.get("DATABRICKS_CONFIG_FILE")
     # Without DATABRICKS_HOST the credentials come from ~/.databrickscfg: our file would hide it.
     if sdk_profile and env.get("DATABRICKS_HOST") and not configured:

@@ -52,7 +52,9 @@ def mlflow_command(settings: Settings, port: int) -> list[str]:
     return command + child_app_arguments(settings)
 
 
-def mlflow_environment(settings: Settings, base: dict[str, str] | None = None, sdk_profile: Path | None = None) -> dict[str, str]:
+def mlflow_environment(
+    settings: Settings, base: dict[str, str] | None = None, sdk_profile: Path | None = None, child_plugin: Path | None = None
+) -> dict[str, str]:
     """This process's environment for the child, minus our own variables, plus its settings.
 
     With a workspace store, also MLflow's retry and timeout settings for calls to the workspace
@@ -65,7 +67,7 @@ def mlflow_environment(settings: Settings, base: dict[str, str] | None = None, s
     env["PYTHONUNBUFFERED"] = "1"  # its lines reach our log as they happen
     env["MLFLOW_LOGGING_LEVEL"] = settings.effective_mlflow_log_level.upper()  # MLflow's loggers emit what we keep
     if uses_workspace(settings):
-        env.update(workspace_environment(env, sdk_profile))
+        env.update(workspace_environment(env, sdk_profile, child_plugin))
     env.update(settings.extra_env)
     return env
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from launcher.database import DatabaseCheck, postgres_store_uris, store_passwords
-from launcher.databricks import artifacts_warning, check_workspace, uses_workspace, write_sdk_profile
+from launcher.databricks import artifacts_warning, check_workspace, uses_workspace, write_child_plugin, write_sdk_profile
 from launcher.http_protocol import BoundedHttpToolsProtocol
 from launcher.logs import configure_logging
 from launcher.mlflow_process import MlflowProcess, mlflow_command, mlflow_environment
@@ -87,8 +87,10 @@ async def run_front_and_mlflow(
 ) -> None:
     state = UpstreamState(base_url=f"http://127.0.0.1:{mlflow_port}")
     command = mlflow_command(settings, mlflow_port)
-    sdk_profile = write_sdk_profile(private_dir) if private_dir and uses_workspace(settings) else None
-    env = mlflow_environment(settings, sdk_profile=sdk_profile)
+    workspace_files = private_dir if private_dir and uses_workspace(settings) else None
+    sdk_profile = write_sdk_profile(workspace_files) if workspace_files else None
+    child_plugin = write_child_plugin(workspace_files) if workspace_files else None
+    env = mlflow_environment(settings, sdk_profile=sdk_profile, child_plugin=child_plugin)
     databases = postgres_store_uris(settings)
     supervisor = Supervisor(
         lambda on_output: MlflowProcess(command, env, state.base_url, on_output),

@@ -42,10 +42,26 @@ def test_the_adaptations_load_only_for_a_workspace_store():
     assert child_app_arguments(Settings(backend_store_uri="postgresql://db/mlflow")) == []
     command = mlflow_command(WORKSPACE, 5000)
     assert command[-2:] == ["--app-name", "mlflow-app-workspace"]
-    from importlib.metadata import entry_points
 
-    (entry,) = [e for e in entry_points(group="mlflow.app") if e.name == "mlflow-app-workspace"]
-    assert entry.value == "launcher.child.app:create_app"
+
+def test_the_child_finds_the_plugin_without_mlflow_app_being_installed(tmp_path):
+    """As on Databricks Apps, where our packages run from the uploaded folder: a Python started
+    with the child's PYTHONPATH, from elsewhere, sees the entry point MLflow looks up."""
+    import subprocess
+    import sys
+
+    from launcher.databricks import PROJECT_ROOT, write_child_plugin
+    from launcher.mlflow_process import mlflow_environment
+
+    env = mlflow_environment(WORKSPACE, base={"PATH": "/usr/bin:/bin"}, child_plugin=write_child_plugin(tmp_path))
+    assert env["PYTHONPATH"].split(":")[1] == str(PROJECT_ROOT)
+    probe = (
+        "from importlib.metadata import entry_points; import importlib;"
+        "(e,) = [e for e in entry_points(group='mlflow.app') if e.name == 'mlflow-app-workspace'];"
+        "module, name = e.value.split(':'); print(getattr(importlib.import_module(module), name).__name__)"
+    )
+    found = subprocess.run([sys.executable, "-S", "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert found.stdout.strip() == "create_app", found.stderr
 
 
 def test_experiments_created_without_a_location_get_a_served_one():
