@@ -13,17 +13,17 @@ import email.policy
 import itertools
 import posixpath
 import re
-import socket
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from tests.threaded_server import ThreadedServer
 
 TOKEN = "standin-token-for-tests"
 USER = "someone@example.com"
@@ -246,27 +246,9 @@ def parse_multipart(content_type: str, body: bytes) -> dict[str, bytes]:
     return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True) for part in message.iter_parts()}
 
 
-class StandinServer:
+class StandinServer(ThreadedServer):
     """The stand-in on a free 127.0.0.1 port, in a thread, for the length of a `with` block."""
 
     def __init__(self, state: StandinState | None = None) -> None:
         self.state = state or StandinState()
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(StandinWorkspace(self.state), log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-
-    def __enter__(self) -> StandinServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the stand-in workspace did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.socket.close()
+        super().__init__(StandinWorkspace(self.state), name="standin-apps", log_level="warning")

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from launcher.http_protocol import BoundedHttpToolsProtocol
-from tests.proxy.conftest import ServerThread
+from tests.threaded_server import ThreadedServer
 
 
 class SmallLimits(BoundedHttpToolsProtocol):
@@ -35,7 +35,7 @@ async def echo(scope, receive, send) -> None:
 
 @pytest.fixture(scope="module")
 def server():
-    running = ServerThread(echo, lifespan="off", http=SmallLimits, ws="none", timeout_keep_alive=5).start()
+    running = ThreadedServer(echo, name="echo", http=SmallLimits, ws="none", timeout_keep_alive=5).start()
     try:
         yield running
     finally:

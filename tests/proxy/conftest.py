@@ -15,11 +15,11 @@ from urllib.parse import parse_qs
 
 import httpx
 import pytest
-import uvicorn
 
 from proxy.app import FrontConfig, create_app
 from proxy.assets import UiAssets
 from proxy.upstream import UpstreamPhase, UpstreamState
+from tests.threaded_server import ThreadedServer
 
 INDEX_HTML = b"<!doctype html><html><head><title>MLflow</title></head><body>ui</body></html>"
 UPSTREAM_TIMEOUT = 1.0
@@ -41,38 +41,6 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-class ServerThread:
-    """A real uvicorn server on a free loopback port, run in a thread with its own event loop."""
-
-    def __init__(self, app, **config) -> None:
-        self.socket = bound_socket()
-        self.port = self.socket.getsockname()[1]
-        options = {"log_config": None, "access_log": False, "timeout_graceful_shutdown": 1, **config}
-        self.server = uvicorn.Server(uvicorn.Config(app, **options))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn test server did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(5)
-        if self.thread.is_alive():
-            self.server.force_exit = True
-            self.thread.join(5)
-        self.socket.close()
 
 
 async def _read_body(receive) -> tuple[bytes, bool]:
@@ -241,7 +209,7 @@ class FakeMlflow:
 def mlflow_server() -> Iterator[FakeMlflow]:
     """The fake MLflow child, listening on loopback; one for the session (starting one costs ~0.2 s)."""
     app = FakeMlflow()
-    server = ServerThread(app, lifespan="off")
+    server = ThreadedServer(app, name="fake-mlflow")
     app.port = server.port
     server.start()
     try:
@@ -268,7 +236,7 @@ def ui_build(tmp_path_factory) -> Path:
 class Front:
     """The front app on a real uvicorn server, configured as the launcher runs it."""
 
-    def __init__(self, server: ServerThread, state: UpstreamState, app) -> None:
+    def __init__(self, server: ThreadedServer, state: UpstreamState, app) -> None:
         self.server = server
         self.state = state
         self.app = app
@@ -293,7 +261,7 @@ def run_front(
     state = UpstreamState(base_url=base_url or f"http://127.0.0.1:{mlflow.port}", phase=phase)
     app = create_app(config or FrontConfig(upstream_timeout_seconds=UPSTREAM_TIMEOUT), state, assets or UiAssets(ui_build))
     # As launcher/runner.py runs it: the front computes X-Forwarded-For from the real peer.
-    server = ServerThread(app, proxy_headers=False, server_header=False)
+    server = ThreadedServer(app, name="front", lifespan="auto", proxy_headers=False, server_header=False)
     return Front(server.start(), state, app)
 
 

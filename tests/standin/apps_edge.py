@@ -12,21 +12,19 @@ MLFLOW_APP_DATABRICKS_TOKEN_URLS, which is also how a user reaches an app throug
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import anyio
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.standin.workspace import StandinWorkspace
+from tests.threaded_server import ThreadedServer
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection", "host", "content-length"}
 
@@ -49,8 +47,7 @@ class AppsEdge:
         self.user_email = user_email
         self.requests: list[EdgeRequest] = []
         self.port = 0
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._runner: ThreadedServer | None = None
         self._upstream: httpx.AsyncClient | None = None
         methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
         self.app = Starlette(routes=[Route("/{path:path}", self.handle, methods=methods)])
@@ -86,32 +83,19 @@ class AppsEdge:
         return response
 
     def start(self) -> AppsEdge:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=1))
-        self._thread = threading.Thread(target=self._serve, args=(sock,), name="standin-apps-edge", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the stand-in Apps edge did not start")
-            time.sleep(0.02)
+        self._runner = ThreadedServer(self.app, name="standin-apps-edge", around=self._upstream_client, log_level="warning").start()
+        self.port = self._runner.port
         return self
 
-    def _serve(self, sock: socket.socket) -> None:
-        async def main() -> None:
-            async with httpx.AsyncClient(base_url=self.app_url, timeout=60, trust_env=False) as client:
-                self._upstream = client
-                await self._server.serve(sockets=[sock])
-
-        anyio.run(main)
+    @asynccontextmanager
+    async def _upstream_client(self):
+        async with httpx.AsyncClient(base_url=self.app_url, timeout=60, trust_env=False) as client:
+            self._upstream = client
+            yield
 
     def stop(self) -> None:
-        if self._server:
-            self._server.should_exit = True
-        if self._thread:
-            self._thread.join(10)
+        if self._runner:
+            self._runner.stop()
 
     def __enter__(self) -> AppsEdge:
         return self.start()

@@ -22,18 +22,16 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -44,6 +42,7 @@ from tests.app_process import free_port
 from tests.standin.errors import ApiError, databricks_error
 from tests.standin.files_api import FilesApi
 from tests.standin.unity_catalog import UnityCatalogRegistry
+from tests.threaded_server import ThreadedServer
 
 WORKSPACE_ID = "1234567890123456"
 ACCOUNT_ID = "00000000-0000-4000-8000-00000000abcd"
@@ -105,8 +104,7 @@ class StandinWorkspace:
         self.requests: list[RecordedRequest] = []
         self.port = 0
         self.backing_port = 0
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._runner: ThreadedServer | None = None
         self._backing: subprocess.Popen | None = None
         self._forward: httpx.AsyncClient | None = None
         self.files_root = workdir / "files"
@@ -318,28 +316,17 @@ class StandinWorkspace:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.with_mlflow:
             self._start_backing()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=1))
-        self._thread = threading.Thread(target=self._serve, args=(sock,), name="standin-workspace", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("the stand-in workspace did not start")
-            time.sleep(0.02)
+        self._runner = ThreadedServer(self.app, name="standin-workspace", around=self._backing_client, log_level="warning").start()
+        self.port = self._runner.port
         if self.with_mlflow:
             self._wait_backing()
         return self
 
-    def _serve(self, sock: socket.socket) -> None:
-        async def main() -> None:
-            async with httpx.AsyncClient(base_url=self.backing_url, timeout=60, trust_env=False) as client:
-                self._forward = client if self.with_mlflow else None
-                await self._server.serve(sockets=[sock])
-
-        anyio.run(main)
+    @asynccontextmanager
+    async def _backing_client(self):
+        async with httpx.AsyncClient(base_url=self.backing_url, timeout=60, trust_env=False) as client:
+            self._forward = client if self.with_mlflow else None
+            yield
 
     def _start_backing(self) -> None:
         self.backing_port = free_port()
@@ -382,10 +369,8 @@ class StandinWorkspace:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        if self._server:
-            self._server.should_exit = True
-        if self._thread:
-            self._thread.join(10)
+        if self._runner:
+            self._runner.stop()
         if self._backing and self._backing.poll() is None:
             try:
                 os.killpg(self._backing.pid, 15)
