@@ -24,7 +24,9 @@ def tracking(app, monkeypatch):
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", app.url)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     mlflow.set_tracking_uri(app.url)
-    yield mlflow.MlflowClient(tracking_uri=app.url)
+    mlflow.set_registry_uri(app.url)  # not a registry another test set process-wide (a Databricks app's)
+    yield mlflow.MlflowClient(tracking_uri=app.url, registry_uri=app.url)
     if mlflow.active_run():
         mlflow.end_run()

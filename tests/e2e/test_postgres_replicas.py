@@ -91,7 +91,7 @@ def test_replicas_behind_a_load_balancer_lose_and_duplicate_nothing(replicas):
     from mlflow import MlflowClient
 
     urls = [replica.url for replica in replicas]
-    clients = [MlflowClient(tracking_uri=url) for url in urls]
+    clients = [MlflowClient(tracking_uri=url, registry_uri=url) for url in urls]
     experiment_id = clients[0].create_experiment(unique("replicas"))
     model = unique("shared-model")
     clients[1].create_registered_model(model)
