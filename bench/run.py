@@ -269,20 +269,19 @@ class Bench:
         }
         for name, variant in variants.items():
             alone = MlflowAlone(self.workdir / f"tree-{len(out)}", workers=variant.get("workers", 1))
-            launched = time.monotonic()
             seconds = wait_for(alone.url + "/health", 600, alone.launch(variant.get("defaults", False)), interval=0.05)
             settle(alone.process.pid, seconds=2.0, timeout=60)
             procs = tree_of(alone.process.pid)
+            rss = rss_mib(procs)  # before the stop: a stopped process has no memory to read
             stopping = time.monotonic()
             stop_group(alone.process)
             out[name] = {
                 "processes": len(procs),
-                "rss_mib": round(rss_mib(procs), 1) if procs else 0.0,
+                "rss_mib": round(rss, 1),
                 "start_s": round(seconds, 1),
                 "stop_s": round(time.monotonic() - stopping, 1),
             }
             log(f"tree {name}: {out[name]}")
-            del launched
         self.results["workloads"]["tree"] = out
 
 
