@@ -55,6 +55,9 @@ def registered(databricks_app, standin_workspace, iris, tmp_path_factory):
             )  # fmt: skip
         yield run, info, model
     finally:
+        # The URIs are process-wide: leave none behind for the other modules' clients.
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
         os.environ.pop("MLFLOW_TRACKING_URI", None)
         os.environ.update(saved)
 
