@@ -12,22 +12,11 @@ from click.testing import CliRunner
 from launcher.app_token import TOKEN_URLS_ENV, AppTokenError, TokenTargets
 from launcher.call import Answer, Call, CallError, authorize, build_call
 from launcher.cli import main
+from tests.launcher.fake_token import FAKE_TOKEN, FakeToken
 from tests.launcher.recording_server import RecordingServer
 from tests.standin.workspace import StandinWorkspace
 
 APP = "https://mlflow-1234567890123456.aws.databricksapps.com"
-
-
-class FakeToken:
-    def __init__(self, error: AppTokenError | None = None):
-        self.calls = 0
-        self.error = error
-
-    def headers(self) -> dict[str, str]:
-        self.calls += 1
-        if self.error:
-            raise self.error
-        return {"Authorization": "Bearer fake-token"}
 
 
 # --- arguments ----------------------------------------------------------------------------------
@@ -96,7 +85,7 @@ def test_headers_are_name_colon_value():
 def test_the_token_goes_to_an_apps_url():
     token = FakeToken()
     call, note = authorize(build_call(f"{APP}/api/x", None, None, None), token, TokenTargets())
-    assert call.headers == {"Authorization": "Bearer fake-token"} and note is None
+    assert call.headers == {"Authorization": f"Bearer {FAKE_TOKEN}"} and note is None
 
 
 def test_other_urls_get_no_token_and_a_note():

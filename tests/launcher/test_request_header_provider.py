@@ -17,23 +17,9 @@ import pytest
 
 from launcher.app_token import TOKEN_URLS_ENV, AppTokenError, DatabricksToken, TokenTargets, origin
 from launcher.request_header_provider import DatabricksAppTokenProvider
+from tests.launcher.fake_token import FAKE_TOKEN, FakeToken
 from tests.launcher.recording_server import RecordingServer
 from tests.standin.workspace import StandinWorkspace
-
-FAKE_TOKEN = "fake-databricks-oauth-token"
-
-
-class FakeToken:
-    def __init__(self, error: AppTokenError | None = None):
-        self.calls = 0
-        self.error = error
-
-    def headers(self) -> dict[str, str]:
-        self.calls += 1
-        if self.error:
-            raise self.error
-        return {"Authorization": f"Bearer {FAKE_TOKEN}"}
-
 
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
