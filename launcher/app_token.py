@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from launcher.deadline import DeadlinePassed, call_with_deadline
+
 TOKEN_URLS_ENV = "MLFLOW_APP_DATABRICKS_TOKEN_URLS"
 # Databricks Apps URLs: <app>-<workspace id>.aws.databricksapps.com, <app>-<id>.<n>.azure.databricksapps.com,
 # <app>-<id>.gcp.databricksapps.com (seen in published app URLs; the docs show only the domain).
@@ -164,26 +166,15 @@ class DatabricksToken:
 
 
 def with_deadline(function, timeout: float, what: str):
-    """Runs `function` in a daemon thread and waits at most `timeout` seconds for it."""
-    outcome: list = []
-
-    def run() -> None:
-        try:
-            outcome.append((True, function()))
-        except BaseException as exc:  # handed to the caller's thread
-            outcome.append((False, exc))
-
-    thread = threading.Thread(target=run, name="mlflow-app-databricks-token", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not outcome:
-        raise AppTokenError(f"Databricks sign-in ({what}) did not finish within {timeout:g} s; check that the workspace is reachable from here.")
-    succeeded, value = outcome[0]
-    if succeeded:
-        return value
-    if isinstance(value, AppTokenError):
-        raise value
-    raise AppTokenError(f"Databricks sign-in failed for {what}: {sdk_reason(value)}") from None
+    """`function()` within `timeout` seconds; every failure an AppTokenError of one line."""
+    try:
+        return call_with_deadline(function, timeout, "mlflow-app-databricks-token")
+    except DeadlinePassed:
+        raise AppTokenError(f"Databricks sign-in ({what}) did not finish within {timeout:g} s; check that the workspace is reachable from here.") from None
+    except AppTokenError:
+        raise
+    except Exception as exc:
+        raise AppTokenError(f"Databricks sign-in failed for {what}: {sdk_reason(exc)}") from None
 
 
 def sdk_reason(exc: BaseException) -> str:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from launcher.deadline import DeadlinePassed, call_with_deadline
 from launcher.settings import Settings, SettingsError, on_databricks_apps, uri_scheme
 from proxy.redaction import Redactor
 
@@ -197,23 +197,15 @@ def check_workspace(timeout: float = CHECK_TIMEOUT_SECONDS) -> WorkspaceIdentity
     host = check_variables(os.environ)
     if host:
         check_reachable(host)
-    outcome: list[WorkspaceIdentity | WorkspaceCheckFailed] = []
-
-    def sign_in() -> None:
-        try:
-            outcome.append(signed_in_identity())
-        except WorkspaceCheckFailed as exc:
-            outcome.append(exc)
-
     # databricks-sdk's token request has no timeout of its own: a thread bounds the whole check.
-    thread = threading.Thread(target=sign_in, name="workspace-check", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not outcome:
-        raise WorkspaceCheckFailed(f"DATABRICKS_HOST: {host or 'the workspace'} did not complete sign-in within {timeout:.0f} s; check that the workspace is up and reachable from here.")
-    if isinstance(outcome[0], WorkspaceCheckFailed):
-        raise WorkspaceCheckFailed(redact(str(outcome[0]))) from None
-    return outcome[0]
+    try:
+        return call_with_deadline(signed_in_identity, timeout, "workspace-check")
+    except DeadlinePassed:
+        raise WorkspaceCheckFailed(f"DATABRICKS_HOST: {host or 'the workspace'} did not complete sign-in within {timeout:.0f} s; check that the workspace is up and reachable from here.") from None
+    except WorkspaceCheckFailed as exc:
+        raise WorkspaceCheckFailed(redact(str(exc))) from None
+    except Exception as exc:  # e.g. databricks-sdk missing: one line, not a traceback
+        raise WorkspaceCheckFailed(redact(f"Databricks sign-in failed ({type(exc).__name__}: {first_line(exc)}).")) from None
 
 
 def check_variables(environ: Mapping[str, str]) -> str | None:
