@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from launcher.settings import Settings, uri_for_message, uri_scheme
+from launcher.settings import Settings, uri_for_message, uri_password, uri_scheme
 
 log = logging.getLogger("mlflow_app.database")
 
@@ -49,11 +49,7 @@ def store_passwords(settings: Settings) -> tuple[str, ...]:
     """Passwords inside the store URIs, to be masked wherever they might be printed."""
     passwords = []
     for uri in (settings.backend_store_uri, settings.registry_store_uri):
-        try:
-            password = urlsplit(uri or "").password
-        except ValueError:
-            continue
-        if password:
+        if password := uri_password(uri):
             passwords += [password, unquote(password)]
     return tuple(passwords)
 

@@ -123,12 +123,17 @@ def check_database_driver(option: str, uri: str | None) -> None:
         raise SettingsError(f"{option}: the PostgreSQL driver '{module}' is not installed; install mlflow-app with its postgres extra (uv sync --extra postgres, or pip install 'mlflow-app[postgres]') and use postgresql://.")
 
 
+def uri_password(uri: str | None) -> str | None:
+    """The password in a URI's user part, as written (percent-encoded); None if none or unparsable."""
+    try:
+        return urlsplit(uri or "").password
+    except ValueError:
+        return None
+
+
 def uri_for_message(uri: str) -> str:
     """A URI safe to print: its password, if any, masked (in the user part or a query parameter)."""
-    try:
-        password = urlsplit(uri).password
-    except ValueError:
-        password = None  # unparsable: the Redactor's patterns below still mask user:password@
+    password = uri_password(uri)  # unparsable: the Redactor's patterns below still mask user:password@
     if password:
         uri = uri.replace(f":{password}@", ":***@", 1)
     return Redactor()(uri)
