@@ -32,11 +32,12 @@ def create_app():
         adapt_tracking_store(tracking_store)
         register_proxied_scheme(destination)
         handlers._artifact_repo = ProxiedArtifactRouter(destination)
-    if is_unity_catalog_store(registry_store):
+    unity_catalog = is_unity_catalog_store(registry_store)
+    if unity_catalog:
         adapt_registry_store(registry_store, proxied_downloads=serving_artifacts)
     log.info(
         "workspace adaptations installed: artifacts %s, Unity Catalog registry %s",
         f"served from {destination}" if serving_artifacts else "left to the workspace",
-        "adapted" if is_unity_catalog_store(registry_store) else "not in use",
+        "adapted" if unity_catalog else "not in use",
     )
     return app

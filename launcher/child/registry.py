@@ -26,8 +26,8 @@ MAX_SCANNED_MODELS = 10_000
 SCAN_PAGE_SIZE = 1000
 _NAME_FILTER = re.compile(r"^\s*name\s*(?P<op>=|!=|i?like)\s*(?P<quote>['\"])(?P<value>.*)(?P=quote)\s*$", re.IGNORECASE)
 _AND = re.compile(r"\s+and\s+", re.IGNORECASE)
-_NOT_A_PROMPT = re.compile(r"^\s*tags?\.`?mlflow\.prompt\.is_prompt`?\s*!=\s*'true'\s*$", re.IGNORECASE)
-_A_PROMPT = re.compile(r"^\s*tags?\.`?mlflow\.prompt\.is_prompt`?\s*=\s*'true'\s*$", re.IGNORECASE)
+# `tag.mlflow.prompt.is_prompt = 'true'` (prompts only) or `!= 'true'` (no prompts), as MLflow writes them.
+_PROMPT_CONDITION = re.compile(r"^\s*tags?\.`?mlflow\.prompt\.is_prompt`?\s*(?P<op>!=|=)\s*'true'\s*$", re.IGNORECASE)
 _ORDER = re.compile(r"^\s*(?P<key>\w+)(?:\s+(?P<direction>asc|desc))?\s*$", re.IGNORECASE)
 _SORT_KEYS = {
     "name": lambda item: item.name,
@@ -51,8 +51,7 @@ def name_conditions(filter_string: str | None) -> list[str]:
     leave prompts out; Unity Catalog keeps prompts apart from models, so that condition holds
     for every model it returns and is dropped here.
     """
-    conditions = [c for c in _AND.split(filter_string or "") if c.strip()]
-    return [c for c in conditions if not _NOT_A_PROMPT.match(c)]
+    return [c for c in conditions_of(filter_string) if prompt_operator(c) != "!="]
 
 
 def asks_for_prompts(filter_string: str | None) -> bool:
@@ -61,7 +60,18 @@ def asks_for_prompts(filter_string: str | None) -> bool:
     Unity Catalog refuses such tag filters; the models it serves here are never prompts, so the
     answer is empty, as it is from MLflow's own registry without prompts.
     """
-    return any(_A_PROMPT.match(c) for c in _AND.split(filter_string or ""))
+    return any(prompt_operator(c) == "=" for c in conditions_of(filter_string))
+
+
+def conditions_of(filter_string: str | None) -> list[str]:
+    """The ANDed conditions of a search filter."""
+    return [c for c in _AND.split(filter_string or "") if c.strip()]
+
+
+def prompt_operator(condition: str) -> str | None:
+    """'=' or '!=' for a condition on MLflow's is-prompt tag; None for any other condition."""
+    match = _PROMPT_CONDITION.match(condition)
+    return match["op"] if match else None
 
 
 def name_matcher(filter_string: str):
