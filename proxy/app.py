@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 
 import anyio
 from starlette.applications import Starlette

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gzip
 import hashlib
 import mimetypes
@@ -11,9 +13,6 @@ import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import ctypes
-import ctypes.util
 
 import anyio.to_thread
 import brotli
@@ -193,7 +192,6 @@ class UiAssets:
                     for encoding in _ENCODINGS:
                         self._variant(version, encoding)
         release_free_memory()
-
 
     def _lookup(self, relative_path: str) -> tuple[Path, os.stat_result] | None:
         """The real path and stat of a regular file inside the root, or None for anything else."""
