@@ -126,6 +126,13 @@ def app_source_options(command):
                              "repeatable; replaces ours of the same name. Never a credential: app.yaml is uploaded in clear.")(command)
 
 
+def databricks_profile_option(command):
+    """The databricks-sdk profile to sign in with, for the commands that call a workspace or an app."""
+    return click.option("--profile", show_envvar=True, envvar="DATABRICKS_CONFIG_PROFILE", metavar="NAME",
+                        help="Profile in ~/.databrickscfg. Default: databricks-sdk's unified authentication (DATABRICKS_HOST "
+                             "with a token or an OAuth client ID and secret, else the DEFAULT profile).")(command)
+
+
 def ui_wheel_option(command):
     return click.option("--ui-wheel", show_envvar=True, envvar="MLFLOW_APP_UI_WHEEL", type=click.Path(dir_okay=False, exists=True, path_type=Path),
                         help="When the locked MLflow comes from git (no UI build): take the UI from this mlflow wheel instead of "
@@ -192,9 +199,7 @@ def stage_command(directory, extra_env, project_dir, ui_wheel) -> None:
                    "the app; an existing app keeps its own.")
 @click.option("--source-path", show_envvar=True, envvar="MLFLOW_APP_SOURCE_PATH", metavar="PATH", show_default="/Workspace/Users/<you>/mlflow-app/<app-name>",
               help="Workspace folder the app's files are uploaded to.")
-@click.option("--profile", show_envvar=True, envvar="DATABRICKS_CONFIG_PROFILE", metavar="NAME",
-              help="Profile in ~/.databrickscfg. Default: databricks-sdk's unified authentication (DATABRICKS_HOST with a token "
-                   "or OAuth client, else the DEFAULT profile).")
+@databricks_profile_option
 @click.option("--dry-run", is_flag=True, default=False,
               help="Do everything up to the upload (requirements, UI, staging, checks) and say what would follow; send nothing "
                    "to the workspace.")
@@ -240,9 +245,7 @@ def deploy_command(app_name, volume, source_path, profile, dry_run, stage_dir, t
 @click.option("--app-url", show_envvar=True, envvar="MLFLOW_TRACKING_URI", metavar="URL",
               help="The app's URL, for a URL given as a path (/api/2.0/mlflow/…). Default: MLFLOW_TRACKING_URI, as the mlflow "
                    "client reads it.")
-@click.option("--profile", show_envvar=True, envvar="DATABRICKS_CONFIG_PROFILE", metavar="NAME",
-              help="Profile in ~/.databrickscfg for the token. Default: databricks-sdk's unified authentication (DATABRICKS_HOST "
-                   "with a client ID and secret or a token, else the DEFAULT profile).")
+@databricks_profile_option
 @click.option("--timeout", show_envvar=True, envvar="MLFLOW_APP_CALL_TIMEOUT", type=float, default=60.0, show_default=True,
               help="Seconds for the sign-in, and for the app to connect and answer.")
 @click.option("--header", "-H", "header_lines", multiple=True, metavar="'NAME: VALUE'",
