@@ -30,7 +30,6 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-import httpx
 import psutil
 
 from bench import workloads

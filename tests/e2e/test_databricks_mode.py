@@ -13,11 +13,10 @@ import subprocess
 import time
 
 import httpx
-import mlflow
 import pytest
 from mlflow.entities import Metric, Param, RunTag
 
-from tests.app_process import APP_COMMAND, QUIET_ENV, AppProcess, free_port
+from tests.app_process import APP_COMMAND, AppProcess, free_port
 from tests.e2e.conftest import VOLUME, platform_env
 
 pytestmark = pytest.mark.e2e
