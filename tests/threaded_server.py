@@ -3,13 +3,13 @@ test doubles (fake MLflow, stand-in workspace, Apps edge, Apps APIs) and in-proc
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
-import anyio
 import uvicorn
 
 START_TIMEOUT_SECONDS = 10.0
@@ -41,7 +41,9 @@ class ThreadedServer:
             async with self.around():
                 await self.server.serve(sockets=[self.socket])
 
-        anyio.run(serve)
+        # The event loop uvicorn itself would pick (uvloop when installed), as the front runs on.
+        with asyncio.Runner(loop_factory=self.server.config.get_loop_factory()) as runner:
+            runner.run(serve())
 
     def start(self) -> ThreadedServer:
         self.thread.start()
