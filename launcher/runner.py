@@ -77,6 +77,21 @@ def serve(settings: Settings) -> None:
         runner.run(run_front_and_mlflow(settings, front_socket, mlflow_port, assets, redact, Path(private)))
 
 
+def front_server_config(front, drain_seconds: float) -> uvicorn.Config:
+    """uvicorn as the front runs: httptools with bounds on the request head, no access log of its own."""
+    return uvicorn.Config(
+        front,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,  # the front appends X-Forwarded-For itself, from the real peer
+        server_header=False,
+        timeout_graceful_shutdown=drain_seconds,
+        timeout_keep_alive=75,  # longer than typical load balancer idle timeouts
+        http=BoundedHttpToolsProtocol,  # httptools with bounds on the request head (README: Limits)
+        ws="none",  # nothing behind the front speaks WebSocket; an Upgrade is served as plain HTTP
+    )
+
+
 async def run_front_and_mlflow(
     settings: Settings,
     front_socket: socket.socket,
@@ -113,19 +128,7 @@ async def run_front_and_mlflow(
         state,
         assets,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            front,
-            log_config=None,
-            access_log=False,
-            proxy_headers=False,  # the front appends X-Forwarded-For itself, from the real peer
-            server_header=False,
-            timeout_graceful_shutdown=settings.drain_seconds,
-            timeout_keep_alive=75,  # longer than typical load balancer idle timeouts
-            http=BoundedHttpToolsProtocol,  # httptools with bounds on the request head (README: Limits)
-            ws="none",  # nothing behind the front speaks WebSocket; an Upgrade is served as plain HTTP
-        )
-    )
+    server = uvicorn.Server(front_server_config(front, settings.drain_seconds))
     # uvicorn re-raises the stop signal after draining; a handler of ours turns that into a
     # return, so the child is stopped below instead of the process dying with it still running.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -24,7 +24,8 @@ class UpstreamPhase(str, Enum):
 class UpstreamState:
     """The MLflow child as the front sees it. Mutated by the supervisor, read by the proxy."""
 
-    base_url: str
+    base_url: str  # http://host[:port]: the Host MLflow is sent, and the origin its redirects name
+    unix_socket: str | None = None  # when set, connect here instead of to base_url's host and port
     phase: UpstreamPhase = UpstreamPhase.STARTING
     pid: int | None = None
     restarts: int = 0
