@@ -1,4 +1,10 @@
-"""The front's ASGI app: UI assets from disk, `/health`, and MLflow for everything else."""
+"""The front's ASGI app: UI assets from disk, `/health`, `/metrics`, and MLflow for everything else.
+
+`Front` reads each request's head once (`Exchange`), applies the edge checks (Host, token, Origin)
+from remembered verdicts, and hands the request either to the few endpoints of the front's own
+(Starlette routes) or, for everything MLflow serves, straight to the forwarder: no framework
+objects on that path. The observer records every request once, whoever answered it.
+"""
 
 from __future__ import annotations
 
@@ -13,23 +19,35 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from proxy.assets import UiAssets
-from proxy.auth import TokenAuth
-from proxy.edge_policy import STATE_CHANGING_METHODS, EdgePolicy, OriginVerdict
+from proxy.auth import CHALLENGE, UNAUTHENTICATED_MESSAGE, TokenCheck
+from proxy.edge_policy import STATE_CHANGING_METHODS, EdgePolicy, OriginVerdict, RememberedVerdicts
 from proxy.errors import mlflow_error
-from proxy.forward import UpstreamClient
+from proxy.exchange import Exchange
+from proxy.forward import Forwarder
 from proxy.health import health_response
-from proxy.metrics import FrontMetrics, RequestMetrics
-from proxy.request_log import RequestLog
+from proxy.metrics import FrontMetrics
+from proxy.observer import RequestObserver
 from proxy.upstream import UpstreamState
+from proxy.upstream_client import UpstreamClient
 
 log = logging.getLogger("mlflow_app.front")
 
-ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-# Paths the front answers for itself; the Host check does not apply (probes use IPs and names).
+ALL_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Paths the front answers itself; /health also without the Host check (probes use IPs and names).
+OWN_PATHS = frozenset({"/", "/health", "/metrics"})
+STATIC_FILES = "/static-files/"
 UNGUARDED_PATHS = frozenset({"/health"})
+CROSS_ORIGIN_WRITE = (
+    "Cross-origin request blocked: this server accepts writes only from its own origin; allow "
+    "another with --cors-allowed-origins (MLFLOW_SERVER_CORS_ALLOWED_ORIGINS)."
+)
+UNKNOWN_HOST = (
+    "This server does not answer to the host name in the request's Host header; add it to "
+    "--allowed-hosts (MLFLOW_SERVER_ALLOWED_HOSTS)."
+)
 
 
 @dataclass(frozen=True)
@@ -43,12 +61,69 @@ class FrontConfig:
     auth_token: str | None = field(default=None, repr=False)
 
 
-def create_app(
-    config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics | None = None
-) -> ASGIApp:
+def create_app(config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics | None = None) -> Front:
     """Build the front. `state` is owned and updated by whoever supervises MLflow."""
-    upstream = UpstreamClient(state, config.upstream_timeout_seconds)
-    metrics = metrics or FrontMetrics(state)
+    return Front(config, state, assets, metrics or FrontMetrics(state))
+
+
+class Front:
+    """The ASGI app the launcher serves."""
+
+    def __init__(self, config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics):
+        self.upstream = UpstreamClient(state)
+        self.forwarder = Forwarder(state, self.upstream, config.upstream_timeout_seconds)
+        self.metrics = metrics
+        self.observer = RequestObserver(metrics)
+        self.verdicts = RememberedVerdicts(config.edge_policy)
+        self.token = TokenCheck(config.auth_token) if config.auth_token else None
+        self.own = own_endpoints(config, state, assets, metrics, self.upstream)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.own(scope, receive, send)  # the lifespan
+            return
+        exchange = Exchange(scope)
+        self.observer.started(exchange)
+        try:
+            await self.dispatch(exchange, receive, send)
+        finally:
+            self.observer.finished(exchange)
+
+    async def dispatch(self, exchange: Exchange, receive: Receive, send: Send) -> None:
+        path = exchange.path
+        if path not in UNGUARDED_PATHS:
+            if exchange.count(b"host") > 1:  # RFC 9112 §3.2: the front and MLflow might each read another
+                await exchange.refuse(send, 400, "The request has more than one Host header.")
+                return
+            if not self.verdicts.host_allowed(exchange.host):
+                await exchange.refuse(send, 403, UNKNOWN_HOST)
+                return
+        if self.token is not None and not self.token.admits(exchange):
+            await exchange.refuse(send, 401, UNAUTHENTICATED_MESSAGE, [CHALLENGE])
+            return
+        if path in OWN_PATHS or path.startswith(STATIC_FILES):
+            scope = exchange.scope
+            scope["state"] = {"authenticated": exchange.authenticated, "request_id": exchange.request_id}
+            await self.own(scope, receive, exchange.counting(send))
+            return
+        method = exchange.method
+        if method not in ALL_METHODS:
+            await exchange.refuse(send, 405, f"Method Not Allowed: {method} is not served at this path.")
+            return
+        if "\n" in path:  # no MLflow route has a line break; nor may a forwarded request line
+            await exchange.refuse(send, 404, f"Not Found: {method} is not served at this path.")
+            return
+        verdict = self.verdicts.origin_verdict(exchange.header(b"origin"), exchange.public_host, exchange.scheme)
+        if verdict is OriginVerdict.FOREIGN and method in STATE_CHANGING_METHODS:
+            await exchange.refuse(send, 403, CROSS_ORIGIN_WRITE)
+            return
+        await self.forwarder(exchange, receive, send, forward_origin=verdict is OriginVerdict.ALLOWED)
+
+
+def own_endpoints(
+    config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics, upstream: UpstreamClient
+) -> Starlette:
+    """The UI, `/health` and `/metrics` as Starlette routes, with the app's lifespan."""
 
     @asynccontextmanager
     async def lifespan(_: Starlette):
@@ -67,15 +142,13 @@ def create_app(
         return mlflow_error(500, "The front failed to handle this request; see the server log.")
 
     async def routing_error(request: Request, exc: HTTPException) -> Response:
-        # No route (a path with a line break in it) or a method none of them takes: MLflow's shape,
-        # not Starlette's plain text.
+        # A method a route does not take: MLflow's shape, not Starlette's plain text.
         return mlflow_error(exc.status_code, f"{exc.detail}: {request.method} is not served at this path.", headers=exc.headers)
 
     async def health(request: Request) -> Response:
         # With auth on, /health stays open to probes but shows MLflow's output only with the token.
-        return health_response(state, with_output=request.scope.get("state", {}).get("authenticated", True))
+        return health_response(state, with_output=request.scope["state"]["authenticated"])
 
-    # A route like any other: behind the Host check and whatever guards the app.
     async def metrics_endpoint(_: Request) -> Response:
         return metrics.response()
 
@@ -91,56 +164,14 @@ def create_app(
     async def static_file(request: Request) -> Response:
         return ui_headers(await assets.response(request.path_params["path"], request.headers, request.method))
 
-    async def to_mlflow(request: Request) -> Response:
-        public_host = request.headers.get("x-forwarded-host") or request.headers.get("host", "")
-        scheme = request.headers.get("x-forwarded-proto") or request.url.scheme
-        verdict = config.edge_policy.origin_verdict(request.headers.get("origin"), public_host, scheme)
-        if verdict is OriginVerdict.FOREIGN and request.method in STATE_CHANGING_METHODS:
-            return mlflow_error(
-                403,
-                "Cross-origin request blocked: this server accepts writes only from its own "
-                "origin; allow another with --cors-allowed-origins "
-                "(MLFLOW_SERVER_CORS_ALLOWED_ORIGINS).",
-            )
-        return await upstream.forward(request, forward_origin=verdict is OriginVerdict.ALLOWED)
-
     # Plain Starlette routing: FastAPI's request handling (and pydantic, ~20 MiB) bought nothing here.
-    app = Starlette(
+    return Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET", "HEAD"]),
-            Route("/", index, methods=ALL_METHODS),
-            Route("/static-files/{path:path}", static_file, methods=ALL_METHODS),
-            Route("/{path:path}", to_mlflow, methods=ALL_METHODS),
+            Route("/", index, methods=sorted(ALL_METHODS)),
+            Route("/static-files/{path:path}", static_file, methods=sorted(ALL_METHODS)),
         ],
         exception_handlers={Exception: unexpected_error, HTTPException: routing_error},
         lifespan=lifespan,
     )
-
-    guarded = TokenAuth(app, config.auth_token) if config.auth_token else app
-    # Outermost first: measured and logged whatever answers, the Host check's 403 included.
-    return RequestMetrics(RequestLog(HostGuard(guarded, config.edge_policy)), metrics)
-
-
-class HostGuard:
-    """Refuses requests whose `Host` is not one of ours (DNS rebinding), before any routing."""
-
-    def __init__(self, app: ASGIApp, policy: EdgePolicy):
-        self.app = app
-        self.policy = policy
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in UNGUARDED_PATHS:
-            hosts = [v.decode("latin-1") for k, v in scope["headers"] if k == b"host"]
-            if len(hosts) > 1:  # RFC 9112 §3.2: 400; the front and MLflow might each read another
-                await mlflow_error(400, "The request has more than one Host header.")(scope, receive, send)
-                return
-            if not self.policy.host_allowed(hosts[0] if hosts else ""):
-                response = mlflow_error(
-                    403,
-                    "This server does not answer to the host name in the request's Host header; "
-                    "add it to --allowed-hosts (MLFLOW_SERVER_ALLOWED_HOSTS).",
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)

@@ -12,9 +12,7 @@ import binascii
 import hmac
 from base64 import b64decode
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from proxy.errors import mlflow_error
+from proxy.exchange import Exchange
 
 REALM = "mlflow-app"
 # Probes (the platform's, a load balancer's) carry no credentials; /health tells nothing secret.
@@ -37,52 +35,39 @@ def credential_from(authorization: bytes) -> bytes | None:
     return None
 
 
-def is_cors_preflight(scope: Scope) -> bool:
-    """A browser's CORS preflight, which by the Fetch standard never carries credentials."""
-    names = {key.lower() for key, _ in scope["headers"]}
-    return scope["method"] == "OPTIONS" and b"origin" in names and b"access-control-request-method" in names
+class TokenCheck:
+    """Every request but `/health` (and CORS preflights) must carry the token.
 
-
-class TokenAuth:
-    """ASGI wrapper: every request but `/health` (and CORS preflights) must carry the token.
-
-    The `Authorization` header it accepted is removed before the request goes on, so MLflow never
-    sees the front's credential. Refusals are 401 in MLflow's error shape, with a Basic challenge
-    so that a browser asks for it.
+    The `Authorization` header it accepted is not forwarded, so MLflow never sees the front's
+    credential. Refusals are 401 in MLflow's error shape, with a Basic challenge so that a browser
+    asks for it.
     """
 
-    def __init__(self, app: ASGIApp, token: str):
+    def __init__(self, token: str):
         if not token:
-            raise ValueError("TokenAuth needs a non-empty token")
-        self.app = app
+            raise ValueError("TokenCheck needs a non-empty token")
         self._token = token.encode("utf-8")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(app={self.app!r}, token=***)"
+        return f"{type(self).__name__}(token=***)"
 
     def accepts(self, authorization: bytes | None) -> bool:
         credential = credential_from(authorization) if authorization else None
         # Constant time, so the comparison leaks nothing of the token through response timing.
         return credential is not None and hmac.compare_digest(credential, self._token)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        values = [value for key, value in scope["headers"] if key.lower() == b"authorization"]
-        authenticated = len(values) == 1 and self.accepts(values[0])
-        if scope["path"] in OPEN_PATHS or is_cors_preflight(scope):
-            # Open, but told apart: /health shows MLflow's output only to callers with the token.
-            scope.setdefault("state", {})["authenticated"] = authenticated
-            await self.app(scope, receive, send)
-            return
-        if authenticated:
-            scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"authorization"]
-            await self.app(scope, receive, send)
-            return
-        message = (
-            "This server requires authentication: send 'Authorization: Bearer <token>' "
-            "(MLFLOW_TRACKING_TOKEN for the mlflow client) or HTTP Basic with the token as password."
-        )
-        response = mlflow_error(401, message, headers={"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'})
-        await response(scope, receive, send)
+    def admits(self, exchange: Exchange) -> bool:
+        """Whether the request may go on; records on `exchange` whether it carried the token."""
+        authenticated = exchange.count(b"authorization") == 1 and self.accepts(exchange.header(b"authorization"))
+        exchange.authenticated = authenticated
+        if exchange.path in OPEN_PATHS or exchange.is_cors_preflight():
+            return True  # open, but told apart: /health shows MLflow's output only with the token
+        exchange.drop_authorization = authenticated
+        return authenticated
+
+
+UNAUTHENTICATED_MESSAGE = (
+    "This server requires authentication: send 'Authorization: Bearer <token>' "
+    "(MLFLOW_TRACKING_TOKEN for the mlflow client) or HTTP Basic with the token as password."
+)
+CHALLENGE = (b"www-authenticate", f'Basic realm="{REALM}", charset="UTF-8"'.encode())

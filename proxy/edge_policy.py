@@ -111,3 +111,41 @@ class EdgePolicy:
             fnmatch.fnmatchcase(origin, allowed) if "*" in allowed else origin == allowed
             for allowed in self.allowed_origins
         )
+
+
+MAX_REMEMBERED_VERDICTS = 1024
+
+
+class RememberedVerdicts:
+    """`EdgePolicy`'s answers remembered per header value: a client sends the same Host and Origin
+    on every request, and matching a `*.databricksapps.com` host costs ~0.1 ms each time. The
+    memory is bounded: once full it starts over, so spraying distinct hosts cannot grow it."""
+
+    def __init__(self, policy: EdgePolicy, max_entries: int = MAX_REMEMBERED_VERDICTS):
+        self.policy = policy
+        self.max_entries = max_entries
+        self._hosts: dict[bytes, bool] = {}
+        self._origins: dict[tuple[bytes, bytes, bytes], OriginVerdict] = {}
+
+    def host_allowed(self, host: bytes) -> bool:
+        verdict = self._hosts.get(host)
+        if verdict is None:
+            verdict = self.policy.host_allowed(host.decode("latin-1"))
+            _remember(self._hosts, host, verdict, self.max_entries)
+        return verdict
+
+    def origin_verdict(self, origin: bytes | None, public_host: bytes, scheme: bytes) -> OriginVerdict:
+        if origin is None:
+            return OriginVerdict.NONE
+        key = (origin, public_host, scheme)
+        verdict = self._origins.get(key)
+        if verdict is None:
+            verdict = self.policy.origin_verdict(origin.decode("latin-1"), public_host.decode("latin-1"), scheme.decode("latin-1"))
+            _remember(self._origins, key, verdict, self.max_entries)
+        return verdict
+
+
+def _remember(memory: dict, key, verdict, max_entries: int) -> None:
+    if len(memory) >= max_entries:
+        memory.clear()
+    memory[key] = verdict

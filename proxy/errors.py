@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
+import json
+
+from starlette.responses import Response
+from starlette.types import Send
 
 # MLflow's error codes mapped by the HTTP status they travel with.
 ERROR_CODES = {
@@ -20,7 +23,20 @@ ERROR_CODES = {
 }
 
 
-def mlflow_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_body(status: int, message: str) -> bytes:
+    """`{"error_code": ..., "message": ...}` as compact UTF-8 JSON."""
+    document = {"error_code": ERROR_CODES.get(status, "INTERNAL_ERROR"), "message": message}
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def mlflow_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """A response shaped like MLflow's own errors: `{"error_code": ..., "message": ...}`."""
-    body = {"error_code": ERROR_CODES.get(status, "INTERNAL_ERROR"), "message": message}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return Response(error_body(status, message), status_code=status, headers=headers, media_type="application/json")
+
+
+async def send_mlflow_error(send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """The same answer as `mlflow_error`, as two ASGI messages: no response object on the hot path."""
+    body = error_body(status, message)
+    head = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *(headers or ())]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})

@@ -1,43 +1,61 @@
-"""Forwarding of a request to the MLflow child and of its answer back, streamed both ways."""
+"""Forwarding of a request to the MLflow child and of its answer back: plain ASGI, bytes throughout.
+
+A small answer (the usual API call) arrives whole with its headers and goes to the client in one
+body message. A large or open-ended one (artifacts, server-sent events) streams: each read passes
+on whatever has arrived, and both directions wait on the slower side (backpressure). Only then is a
+task started, to notice a client that leaves, so the upstream connection is freed at once.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 
-import anyio
-import httpx
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Send
 
-from proxy.errors import mlflow_error
-from proxy.metrics import record_upstream_seconds
+from proxy.exchange import Exchange
 from proxy.upstream import UpstreamState
+from proxy.upstream_client import (
+    UpstreamClient,
+    UpstreamClosed,
+    UpstreamConnection,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 
 log = logging.getLogger("mlflow_app.proxy")
 
 # RFC 9110 §7.6.1: meaningful for one connection only, never forwarded.
 HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
     }
 )
-# Headers the front sets itself on the way to MLflow.
-REPLACED_ON_REQUEST = frozenset({"host", "content-length", "x-forwarded-host", "x-forwarded-proto"})
+# Headers the front sets itself on the way to MLflow (or, for Expect, answers itself: the body is
+# read from the client before MLflow sees the request).
+REPLACED_ON_REQUEST = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"expect",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+    b"x-forwarded-for",
+    b"x-request-id",
+}
 # The front's own server stamps Date; MLflow's would make a second one.
-REPLACED_ON_RESPONSE = frozenset({"date"})
+REPLACED_ON_RESPONSE = HOP_BY_HOP | {b"date"}
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 # Chunked uploads are spooled to learn their length (MLflow's Flask handlers read a chunked body
 # as empty); up to this size in memory, beyond it on disk.
@@ -45,170 +63,297 @@ SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024
 CHUNK_BYTES = 256 * 1024
 
 
-class UpstreamResponse(StreamingResponse):
-    """MLflow's answer streamed to the client; the upstream connection is released however it ends."""
-
-    def __init__(self, upstream: httpx.Response, raw_headers: list[tuple[bytes, bytes]]):
-        super().__init__(upstream.aiter_raw(), status_code=upstream.status_code)
-        self.raw_headers = raw_headers
-        self.upstream = upstream
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.upstream.aclose()
+class ClientGone(Exception):
+    """The client disconnected while its request body was still arriving."""
 
 
-class UpstreamClient:
-    """Sends requests to the MLflow child over a pool of kept-alive loopback connections."""
+def connection_scoped(headers: list[tuple[bytes, bytes]], always: frozenset[bytes]) -> frozenset[bytes]:
+    """`always` plus any header names that a `Connection` header lists."""
+    listed = {
+        token.strip().lower()
+        for name, value in headers
+        if name == b"connection"
+        for token in value.split(b",")
+    }
+    return always | listed if listed else always
 
-    def __init__(self, state: UpstreamState, timeout_seconds: float, drop_origin: bool = True):
+
+class Forwarder:
+    """Sends one request to MLflow and streams its answer back to the client."""
+
+    def __init__(
+        self,
+        state: UpstreamState,
+        client: UpstreamClient,
+        timeout_seconds: float,
+        compression=None,
+    ):
         self.state = state
-        self.timeout_seconds = timeout_seconds
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_seconds, connect=5.0),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
-            follow_redirects=False,
-            trust_env=False,  # never route loopback traffic through a configured HTTP proxy
-            # Shared by every user: keep no cookies from one user's response for the next request.
-            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-        )
-        # Forward the client's headers only, not httpx's defaults (Accept-Encoding, User-Agent, ...).
-        self._client.headers.clear()
+        self.client = client
+        self.timeout = timeout_seconds
+        self.compression = compression
 
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    async def forward(self, request: Request, forward_origin: bool) -> Response:
-        """Send `request` to MLflow and stream its answer; errors become MLflow-shaped 50x JSON."""
+    async def __call__(self, exchange: Exchange, receive: Receive, send: Send, forward_origin: bool) -> None:
         if not self.state.ready:
-            return self._unavailable()
-        scope = request.scope
-        url = upstream_url(self.state.base_url, scope)
-        headers = upstream_request_headers(request, forward_origin)
-        sent_at = None
+            await self._unavailable(exchange, send)
+            return
         try:
-            body, length = await request_body(request)
-            if length is not None:
-                headers.append(("content-length", str(length)))
-            # As bytes: httpx encodes str values as ASCII, and a header may carry any byte above
-            # 0x7f (a UTF-8 user name from the platform); as str that was a 500.
-            raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-            upstream_request = self._client.build_request(request.method, url, headers=raw_headers, content=body)
-            # Waiting on MLflow: from the first byte sent (a streamed body included) to its headers.
-            sent_at = time.perf_counter()
-            upstream = await self._client.send(upstream_request, stream=True)
-        except ClientDisconnect:
-            return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
-        except httpx.TimeoutException:
-            return mlflow_error(
-                504,
-                f"MLflow did not answer within {self.timeout_seconds:g} s; "
-                "the request may still complete on the server.",
+            body, length, streamed = await self._request_body(exchange, receive)
+        except ClientGone:
+            exchange.status = 499  # nginx's "client closed request"; nobody reads it
+            return
+        head = self._request_head(exchange, forward_origin, length)
+        try:
+            connection = await self._exchange_head(exchange, head, body, streamed, receive)
+        except ClientGone:
+            exchange.status = 499
+            return
+        except UpstreamTimeout:
+            await exchange.refuse(
+                send, 504,
+                f"MLflow did not answer within {self.timeout:g} s; the request may still complete on the server.",
             )
-        except httpx.TransportError as exc:
+            return
+        except UpstreamError as exc:
             log.warning("upstream request failed: %s", type(exc).__name__)
             if not self.state.ready:
-                return self._unavailable()
-            return mlflow_error(502, "MLflow closed the connection before answering; retry shortly.")
+                await self._unavailable(exchange, send)
+            else:
+                await exchange.refuse(send, 502, "MLflow closed the connection before answering; retry shortly.")
+            return
+        await self._answer(exchange, connection, send, receive)
+
+    # --- the request ---------------------------------------------------------------------------
+
+    async def _request_body(self, exchange: Exchange, receive: Receive):
+        """(bytes or None, length or None, streamed): small bodies are read whole, large ones later."""
+        declared = exchange.header(b"content-length")
+        if declared is not None:
+            length = int(declared)  # uvicorn's parser has checked it is one number
+            if length == 0:
+                return b"", 0, False
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            exchange.bytes_in += len(chunk)
+            if not message.get("more_body", False):
+                return chunk, length, False
+            return chunk, length, True  # the rest follows in _send_streamed_body
+        encoding = exchange.header(b"transfer-encoding")
+        if encoding is None or b"chunked" not in encoding.lower():
+            return None, None, False
+        return await self._spool(exchange, receive)
+
+    async def _spool(self, exchange: Exchange, receive: Receive):
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                chunk = message.get("body", b"")
+                if chunk:
+                    exchange.bytes_in += len(chunk)
+                    spool.write(chunk)
+                if not message.get("more_body", False):
+                    break
+        except BaseException:
+            spool.close()
+            raise
+        length = spool.tell()
+        spool.seek(0)
+        if length <= SPOOL_IN_MEMORY_BYTES:  # still in memory: one buffer, sent with the head
+            body = spool.read()
+            spool.close()
+            return body, length, False
+        return spool, length, True
+
+    def _request_head(self, exchange: Exchange, forward_origin: bool, length: int | None) -> bytes:
+        scope = exchange.scope
+        raw_headers = scope["headers"]
+        skip = REPLACED_ON_REQUEST
+        if b"connection" in exchange.first:
+            skip = connection_scoped(raw_headers, skip)
+        if not forward_origin:
+            skip = skip | {b"origin"}  # checked by the front; MLflow would refuse the public origin
+        if exchange.drop_authorization:
+            skip = skip | {b"authorization"}  # the front's own credential, never MLflow's business
+        target = scope.get("raw_path") or scope["path"].encode()
+        if scope["query_string"]:
+            target += b"?" + scope["query_string"]
+        parts = [exchange.method.encode(), b" ", target, b" HTTP/1.1\r\nhost: ", self.client.host_header, b"\r\n"]
+        for name, value in raw_headers:
+            if name in skip:
+                continue
+            if value[-1:] in (b" ", b"\t"):
+                value = value.rstrip(b" \t")  # RFC 9110 §5.5: not part of the value
+            parts += (name, b": ", value, b"\r\n")
+        chain = exchange.lists.get(b"x-forwarded-for")
+        peer = (exchange.client_host or "unknown").encode()
+        parts += (b"x-forwarded-for: ", b", ".join((*chain, peer)) if chain else peer, b"\r\n")
+        parts += (b"x-forwarded-proto: ", exchange.scheme, b"\r\n")
+        public_host = exchange.public_host
+        if public_host:
+            parts += (b"x-forwarded-host: ", public_host, b"\r\n")
+        parts += (b"x-request-id: ", exchange.request_id.encode(), b"\r\n")
+        if length is not None:
+            parts += (b"content-length: ", b"%d" % length, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    async def _exchange_head(self, exchange, head, body, streamed, receive) -> UpstreamConnection:
+        """Send the request and wait for the answer's head; one retry on a kept-alive connection
+        that MLflow had closed, when nothing was answered and sending again is safe."""
+        retry = not streamed and exchange.method in IDEMPOTENT_METHODS
+        while True:
+            connection = await self.client.connect(self.timeout)
+            connection.expect(has_body=exchange.method != "HEAD")
+            sent_at = time.perf_counter()  # waiting on MLflow: from the first byte sent to its headers
+            try:
+                if streamed:
+                    connection.write(head)
+                    await self._send_streamed_body(exchange, connection, body, receive)
+                else:
+                    connection.write(head + body if body else head)
+                await connection.answer_head(self.timeout)
+                return connection
+            except UpstreamClosed as exc:
+                self.client.discard(connection)
+                if not (retry and connection.reused and not exc.answered):
+                    raise
+                retry = False
+            except BaseException:
+                self.client.discard(connection)
+                raise
+            finally:
+                exchange.upstream_seconds = time.perf_counter() - sent_at
+
+    async def _send_streamed_body(self, exchange, connection: UpstreamConnection, body, receive: Receive) -> None:
+        if isinstance(body, bytes):  # the first part of a body with a Content-Length, then the rest
+            connection.write(body)
+            more = True
+            while more:
+                await connection.drain(self.timeout)
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                chunk = message.get("body", b"")
+                exchange.bytes_in += len(chunk)
+                if chunk:
+                    connection.write(chunk)
+                more = message.get("more_body", False)
+            return
+        spool = body  # a chunked upload spooled to disk
+        try:
+            while chunk := await asyncio.to_thread(spool.read, CHUNK_BYTES):
+                connection.write(chunk)
+                await connection.drain(self.timeout)
         finally:
-            if sent_at is not None:
-                record_upstream_seconds(scope, time.perf_counter() - sent_at)
-        return UpstreamResponse(upstream, downstream_response_headers(upstream, request))
+            spool.close()
 
-    def _unavailable(self) -> Response:
+    # --- the answer ----------------------------------------------------------------------------
+
+    async def _answer(self, exchange: Exchange, connection: UpstreamConnection, send: Send, receive: Receive) -> None:
+        headers = self._response_headers(exchange, connection.headers)
+        encoder = None
+        if self.compression is not None:
+            encoder = self.compression.encoder_for(
+                exchange.method, exchange.path, exchange.header(b"accept-encoding"), connection.status, headers
+            )
+            if encoder is not None:
+                headers = encoder.headers(headers)
+        headers.append((b"x-request-id", exchange.request_id.encode()))
+        exchange.status = connection.status
+        if connection.complete:  # the usual API answer: whole already, one body message
+            body = connection.take_body()
+            self.client.release(connection)
+            if encoder is not None:
+                body = encoder.compress(body) + encoder.finish()
+                headers.append((b"content-length", b"%d" % len(body)))
+            elif not _has(headers, b"content-length") and exchange.method != "HEAD" and connection.status not in (204, 304):
+                headers.append((b"content-length", b"%d" % len(body)))
+            await send({"type": "http.response.start", "status": connection.status, "headers": headers})
+            exchange.bytes_out += len(body)
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send({"type": "http.response.start", "status": connection.status, "headers": headers})
+        await self._stream_body(exchange, connection, send, receive, encoder)
+
+    async def _stream_body(self, exchange, connection: UpstreamConnection, send: Send, receive: Receive, encoder) -> None:
+        finished = False
+
+        def client_left(_task: asyncio.Future) -> None:
+            if not finished:
+                connection.abort()  # wakes the read below with UpstreamClosed
+
+        watcher = asyncio.get_running_loop().create_task(_wait_for_disconnect(receive))
+        watcher.add_done_callback(client_left)
+        try:
+            while True:
+                chunk = await connection.read(self.timeout)
+                if not chunk:
+                    finished = True
+                    break
+                if encoder is not None:
+                    chunk = encoder.compress(chunk)
+                    if not chunk:
+                        continue
+                exchange.bytes_out += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            self.client.discard(connection)
+            if watcher.done():
+                exchange.status = 499
+            else:
+                log.warning("MLflow's answer was cut short (%s); closing the client's connection", type(exc).__name__)
+            return  # uvicorn closes a connection whose answer did not complete
+        finally:
+            if not watcher.done():
+                watcher.cancel()
+        self.client.release(connection)
+        tail = encoder.finish() if encoder is not None else b""
+        exchange.bytes_out += len(tail)
+        await send({"type": "http.response.body", "body": tail})
+
+    def _response_headers(self, exchange: Exchange, raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """MLflow's end-to-end headers, its internal address in a redirect turned into the public one."""
+        skip = REPLACED_ON_RESPONSE
+        for name, _ in raw:
+            if name == b"connection":
+                skip = connection_scoped(raw, skip)
+                break
+        headers = []
+        for name, value in raw:
+            if name in skip:
+                continue
+            if name == b"location":
+                value = public_location(value, self.state.base_url.encode("latin-1"), exchange)
+            headers.append((name, value))
+        return headers
+
+    # --- refusals ------------------------------------------------------------------------------
+
+    async def _unavailable(self, exchange: Exchange, send: Send) -> None:
         phase = self.state.phase.value
-        return mlflow_error(
-            503, f"MLflow is not ready ({phase}); retry shortly.", headers={"Retry-After": "2"}
-        )
+        await exchange.refuse(send, 503, f"MLflow is not ready ({phase}); retry shortly.", [(b"retry-after", b"2")])
 
 
-def upstream_url(base_url: str, scope: Scope) -> httpx.URL:
-    """The child's URL for this request, with the path exactly as the client encoded it."""
-    raw_path = scope.get("raw_path") or scope["path"].encode()
-    if scope["query_string"]:
-        raw_path += b"?" + scope["query_string"]
-    return httpx.URL(base_url).copy_with(raw_path=raw_path)
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
-def connection_scoped(headers: list[tuple[bytes, bytes]]) -> set[str]:
-    """Hop-by-hop header names, including any that the `Connection` header lists."""
-    names = set(HOP_BY_HOP)
-    for key, value in headers:
-        if key.lower() == b"connection":
-            names.update(token.strip().lower() for token in value.decode("latin-1").split(","))
-    return names
+def _has(headers: list[tuple[bytes, bytes]], name: bytes) -> bool:
+    return any(key == name for key, _ in headers)
 
 
-def upstream_request_headers(request: Request, forward_origin: bool) -> list[tuple[str, str]]:
-    """End-to-end headers for MLflow, plus X-Forwarded-* so no remote caller passes as local."""
-    raw = request.scope["headers"]
-    skip = connection_scoped(raw) | REPLACED_ON_REQUEST
-    if not forward_origin:
-        skip.add("origin")  # checked by the front; MLflow would refuse the public origin
-    headers = [
-        (key.decode("latin-1"), value.decode("latin-1"))
-        for key, value in raw
-        if key.decode("latin-1").lower() not in skip and key.lower() != b"x-forwarded-for"
-    ]
-    client_ip = request.client.host if request.client else "unknown"
-    prior = ", ".join(request.headers.getlist("x-forwarded-for"))
-    headers.append(("x-forwarded-for", f"{prior}, {client_ip}" if prior else client_ip))
-    headers.append(("x-forwarded-proto", request.headers.get("x-forwarded-proto") or request.url.scheme))
-    public_host = request.headers.get("x-forwarded-host") or request.headers.get("host") or ""
-    if public_host:
-        headers.append(("x-forwarded-host", public_host))
-    return headers
-
-
-def downstream_response_headers(upstream: httpx.Response, request: Request) -> list[tuple[bytes, bytes]]:
-    """MLflow's end-to-end response headers, with its internal address rewritten to the public one."""
-    raw = upstream.headers.raw
-    skip = connection_scoped(raw) | REPLACED_ON_RESPONSE
-    internal = str(upstream.request.url.copy_with(raw_path=b"/")).rstrip("/")
-    headers = []
-    for key, value in raw:
-        name = key.lower()
-        if name.decode("latin-1") in skip:
-            continue
-        if name == b"location":
-            value = public_location(value.decode("latin-1"), internal, request).encode("latin-1")
-        headers.append((name, value))
-    return headers
-
-
-def public_location(location: str, internal_origin: str, request: Request) -> str:
+def public_location(location: bytes, internal_origin: bytes, exchange: Exchange) -> bytes:
     """A redirect to the child's loopback address, pointed back at the address the client used."""
     rest = location[len(internal_origin) :]
-    if not location.startswith(internal_origin) or rest[:1] not in ("", "/", "?", "#"):
+    if not location.startswith(internal_origin) or rest[:1] not in (b"", b"/", b"?", b"#"):
         return location  # elsewhere, e.g. another port that starts with the same digits
-    scheme = request.headers.get("x-forwarded-proto") or request.url.scheme
-    host = request.headers.get("x-forwarded-host") or request.headers.get("host")
+    host = exchange.public_host
     if not host:
-        return rest or "/"
-    return f"{scheme}://{host}{rest}"
-
-
-async def request_body(request: Request) -> tuple[AsyncIterator[bytes] | bytes | None, int | None]:
-    """The body to send upstream and its length; chunked bodies are spooled to learn the length."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        return (request.stream() if declared != "0" else b""), int(declared)
-    if "chunked" not in request.headers.get("transfer-encoding", "").lower():
-        return None, None
-    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
-    length = 0
-    async for chunk in request.stream():
-        length += len(chunk)
-        spool.write(chunk)
-    spool.seek(0)
-    return read_spool(spool), length
-
-
-async def read_spool(spool: tempfile.SpooledTemporaryFile) -> AsyncIterator[bytes]:
-    try:
-        while chunk := await anyio.to_thread.run_sync(spool.read, CHUNK_BYTES):
-            yield chunk
-    finally:
-        spool.close()
+        return rest or b"/"
+    return exchange.scheme + b"://" + host + rest

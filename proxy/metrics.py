@@ -1,13 +1,12 @@
 """`/metrics`: the front's requests, the MLflow child's state and the process, for Prometheus.
 
 `FrontMetrics` owns a registry of its own (never prometheus_client's global one), so each app
-built by `create_app` counts only its own requests. `RequestMetrics` is the raw ASGI wrapper that
-measures every request; `UpstreamCollector` reads `UpstreamState` when Prometheus scrapes.
+built by `create_app` counts only its own requests. `proxy.observer` records every request into it;
+`UpstreamCollector` reads `UpstreamState` when Prometheus scrapes.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -24,7 +23,6 @@ from prometheus_client import (
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.routes import RouteLabels
 from proxy.upstream import UpstreamPhase, UpstreamState
@@ -33,10 +31,6 @@ PREFIX = "mlflow_app"
 # 1 ms (a cached asset) to 120 s (the platform's proxy cuts requests there).
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
-UPSTREAM_SECONDS = "upstream_seconds"  # key in scope["state"], set by proxy.forward
-METRICS_PATH = "/metrics"
-# Answers of the front's own refusals (no credentials, foreign Host or Origin): never a new route.
-REFUSED_STATUSES = frozenset({401, 403})
 # The classic text format, labelled as prometheus_client's own server labels it for scrapers that
 # do not ask for more. (Its CONTENT_TYPE_LATEST says version=1.0.0: the same bytes, under a version
 # that older scrapers do not know.)
@@ -45,11 +39,6 @@ TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 
 def method_label(method: str) -> str:
     return method if method in STANDARD_METHODS else "OTHER"
-
-
-def record_upstream_seconds(scope: Scope, seconds: float) -> None:
-    """Called by the forwarder: how long this request waited on MLflow (send → response headers)."""
-    scope.setdefault("state", {})[UPSTREAM_SECONDS] = seconds
 
 
 @dataclass(frozen=True)
@@ -198,57 +187,3 @@ class UpstreamCollector(Collector):
             "Seconds since the MLflow child last became ready; 0 while it is not ready.",
             value=state.uptime_seconds(),
         )
-
-
-class RequestMetrics:
-    """ASGI wrapper: counts and times each request, with its status and body sizes, once it ends."""
-
-    def __init__(self, app: ASGIApp, metrics: FrontMetrics):
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        metrics = self.metrics
-        path = scope["path"]
-        state = scope.setdefault("state", {})
-        status = 0
-        bytes_in = 0
-        bytes_out = 0
-
-        async def counting_receive() -> Message:
-            nonlocal bytes_in
-            message = await receive()
-            if message["type"] == "http.request":
-                bytes_in += len(message.get("body", b""))
-            return message
-
-        async def counting_send(message: Message) -> None:
-            nonlocal status, bytes_out
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                bytes_out += len(message.get("body", b""))
-            await send(message)
-
-        counted_in_flight = path != METRICS_PATH  # a scrape would always see itself
-        if counted_in_flight:
-            metrics.in_flight.inc()
-        try:
-            await self.app(scope, counting_receive, counting_send)
-        finally:
-            if counted_in_flight:
-                metrics.in_flight.dec()
-            status = status or 500
-            metrics.observe(
-                scope["method"],
-                metrics.route_label(path, admit=status not in REFUSED_STATUSES),
-                status,
-                time.perf_counter() - started,
-                state.get(UPSTREAM_SECONDS),
-                bytes_in,
-                bytes_out,
-            )

@@ -1,4 +1,4 @@
-"""TokenAuth: the token as bearer or Basic password, refusals, what is open, what reaches MLflow."""
+"""TokenCheck: the token as bearer or Basic password, refusals, what is open, what reaches MLflow."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from proxy.app import FrontConfig
-from proxy.auth import TokenAuth, credential_from
+from proxy.auth import TokenCheck, credential_from
 from proxy.upstream import UpstreamPhase
 from tests.proxy.conftest import UPSTREAM_TIMEOUT
 
@@ -67,11 +67,11 @@ def test_credential_from(authorization, credential):
 
 def test_an_empty_token_is_refused_at_construction():
     with pytest.raises(ValueError):
-        TokenAuth(lambda *_: None, "")
+        TokenCheck("")
 
 
 def test_repr_never_shows_the_token():
-    assert TOKEN not in repr(TokenAuth(lambda *_: None, TOKEN))
+    assert TOKEN not in repr(TokenCheck(TOKEN))
     assert TOKEN not in repr(FrontConfig(auth_token=TOKEN))
 
 

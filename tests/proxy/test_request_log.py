@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from proxy.assets import UiAssets
-from proxy.request_log import RequestLog, request_id_from
-from proxy.upstream import UpstreamPhase
+from proxy.app import FrontConfig, create_app
+from proxy.request_log import request_id_from
+from proxy.upstream import UpstreamPhase, UpstreamState
 from tests.proxy.conftest import INDEX_HTML, SSE_GAP_SECONDS
 
 LOGGER = "mlflow_app.request"
@@ -152,11 +153,19 @@ async def test_handler_that_raises_is_logged_once_as_500_and_answers_mlflow_json
     assert record.fields["status"] == 500
 
 
-async def test_app_that_fails_before_answering_is_still_logged_once_as_500(caplog):
+def bare_front(ui_build):
+    """The front as an ASGI callable, no server: MLflow 'ready' at an address nothing listens on."""
+    return create_app(FrontConfig(), UpstreamState(base_url="http://127.0.0.1:9", phase=UpstreamPhase.READY), UiAssets(ui_build))
+
+
+async def test_app_that_fails_before_answering_is_still_logged_once_as_500(caplog, ui_build):
     caplog.set_level(logging.INFO, logger=LOGGER)
 
-    async def broken(scope, receive, send):
+    async def broken(exchange, receive, send, forward_origin):
         raise RuntimeError("boom")
+
+    front = bare_front(ui_build)
+    front.forwarder = broken
 
     sent = []
 
@@ -166,9 +175,9 @@ async def test_app_that_fails_before_answering_is_still_logged_once_as_500(caplo
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "method": "GET", "path": "/x", "headers": [], "client": ("10.0.0.9", 5000)}
+    scope = {"type": "http", "method": "GET", "path": "/x", "headers": [(b"host", b"localhost")], "client": ("10.0.0.9", 5000), "scheme": "http", "query_string": b""}
     with pytest.raises(RuntimeError):
-        await RequestLog(broken)(scope, receive, send)
+        await front(scope, receive, send)
 
     [record] = [r for r in caplog.records if r.name == LOGGER]
     assert record.fields["status"] == 500
@@ -176,14 +185,16 @@ async def test_app_that_fails_before_answering_is_still_logged_once_as_500(caplo
     assert sent == []
 
 
-async def test_non_http_scopes_pass_through_unlogged(caplog):
+async def test_non_http_scopes_pass_through_unlogged(caplog, ui_build):
     caplog.set_level(logging.INFO, logger=LOGGER)
     seen = []
 
     async def app(scope, receive, send):
         seen.append(scope["type"])
 
-    await RequestLog(app)({"type": "lifespan"}, None, None)
+    front = bare_front(ui_build)
+    front.own = app
+    await front({"type": "lifespan"}, None, None)
 
     assert seen == ["lifespan"]
     assert [r for r in caplog.records if r.name == LOGGER] == []

@@ -1,0 +1,156 @@
+"""One request as the front sees it: the facts read once from its head, and what it cost.
+
+Everything that more than one part of the front needs (the request id, the public host and scheme,
+the Origin, the credentials, the body's framing) is read here in one pass over the header list,
+which stays as uvicorn gave it: lowercase names, byte values. The measurements (status, bytes,
+timings) are filled in by whoever answers and read once by the observer.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+from starlette.types import Message, Scope, Send
+
+from proxy.errors import send_mlflow_error
+
+_SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+# Headers the front reads; everything else it only passes on.
+_WATCHED = frozenset(
+    {
+        b"host",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-forwarded-for",
+        b"x-request-id",
+        b"x-forwarded-email",
+        b"origin",
+        b"authorization",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"access-control-request-method",
+        b"accept-encoding",
+    }
+)
+# Read as a list: more than one is an error (host, authorization, content-length) or a chain
+# (x-forwarded-for).
+_REPEATABLE = frozenset({b"host", b"authorization", b"x-forwarded-for", b"content-length"})
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
+    """The platform's `X-Request-Id` when it is a sane token, else a new one."""
+    for key, value in headers:
+        if key.lower() == b"x-request-id":
+            return _request_id(value)
+    return uuid.uuid4().hex
+
+
+def _request_id(value: bytes | None) -> str:
+    if value is not None and _SAFE_REQUEST_ID.match(value):
+        return value.decode("ascii")
+    return uuid.uuid4().hex
+
+
+class Exchange:
+    """A request's head, read once, and the measurements of its answer."""
+
+    __slots__ = (
+        "scope",
+        "method",
+        "path",
+        "started",
+        "first",
+        "lists",
+        "request_id",
+        "status",
+        "bytes_in",
+        "bytes_out",
+        "upstream_seconds",
+        "authenticated",
+        "drop_authorization",
+    )
+
+    def __init__(self, scope: Scope):
+        self.scope = scope
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.started = time.perf_counter()
+        first: dict[bytes, bytes] = {}
+        lists: dict[bytes, list[bytes]] = {}
+        for name, value in scope["headers"]:
+            if name in _WATCHED:
+                if name in _REPEATABLE:
+                    lists.setdefault(name, []).append(value)
+                if name not in first:
+                    first[name] = value
+        self.first = first
+        self.lists = lists
+        self.request_id = _request_id(first.get(b"x-request-id"))
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.upstream_seconds: float | None = None
+        self.authenticated = True  # set by the token check where there is one
+        self.drop_authorization = False  # the token check accepted it: the front's, not MLflow's
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of a watched header."""
+        return self.first.get(name)
+
+    def count(self, name: bytes) -> int:
+        """How many times a repeatable watched header came."""
+        return len(self.lists.get(name, ()))
+
+    @property
+    def host(self) -> bytes:
+        return self.first.get(b"host", b"")
+
+    @property
+    def public_host(self) -> bytes:
+        """The host the client used: the platform's X-Forwarded-Host, else Host."""
+        return self.first.get(b"x-forwarded-host") or self.first.get(b"host", b"")
+
+    @property
+    def scheme(self) -> bytes:
+        return self.first.get(b"x-forwarded-proto") or self.scope["scheme"].encode("latin-1")
+
+    @property
+    def client_host(self) -> str | None:
+        client = self.scope.get("client")
+        return client[0] if client else None
+
+    @property
+    def user(self) -> str | None:
+        email = self.first.get(b"x-forwarded-email")
+        return email.decode("latin-1") if email is not None else None
+
+    def is_cors_preflight(self) -> bool:
+        """A browser's CORS preflight, which by the Fetch standard never carries credentials."""
+        first = self.first
+        return self.method == "OPTIONS" and b"origin" in first and b"access-control-request-method" in first
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def counting(self, send: Send) -> Send:
+        """`send` that records the status and body bytes and tags the answer with the request id
+        (for the front's own endpoints; the forwarder records as it goes)."""
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", self.request_id.encode())]
+            elif message["type"] == "http.response.body":
+                self.bytes_out += len(message.get("body", b""))
+            await send(message)
+
+        return counting_send
+
+    async def refuse(self, send: Send, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        """Answer with an error of the front's own, in MLflow's shape."""
+        self.status = status
+        await send_mlflow_error(send, status, message, [*(headers or ()), (b"x-request-id", self.request_id.encode())])

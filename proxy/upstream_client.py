@@ -1,0 +1,326 @@
+"""HTTP/1.1 to the MLflow child: a small pool of kept-alive connections to one loopback upstream.
+
+Why not a general HTTP client (docs/benchmarks.md, "The upstream client"): httpx cost ~450 µs of
+CPU per call here and aiohttp ~41 µs, and aiohttp's writer encodes header values as UTF-8 text, so
+a header byte above 0x7f that is not UTF-8 (legal obs-text) cannot be forwarded as received. This
+client writes the request head as the bytes the front already holds, parses answers with httptools
+(the parser uvicorn uses), and keeps the idle connections in a stack: the most recently used one is
+taken first and nothing is scanned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from urllib.parse import urlsplit
+
+import httptools
+
+# Above this many unread answer bytes the connection stops reading from MLflow (backpressure).
+READ_HIGH_WATER_BYTES = 1024 * 1024
+# MLflow's uvicorn closes a connection idle for 5 s (its --timeout-keep-alive default): a pooled
+# connection older than this is closed rather than raced against that close.
+IDLE_REUSE_SECONDS = 4.0
+MAX_IDLE_CONNECTIONS = 64
+MAX_CONNECTIONS = 512
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+class UpstreamError(Exception):
+    """The exchange with MLflow failed; the connection is unusable."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """MLflow took longer than the timeout to connect, take the body or answer."""
+
+
+class UpstreamUnreachable(UpstreamError):
+    """No connection could be made (nothing listening, or the socket is gone)."""
+
+
+class UpstreamClosed(UpstreamError):
+    """MLflow closed the connection (or sent something unparseable) before the answer was whole."""
+
+    def __init__(self, message: str, answered: bool):
+        super().__init__(message)
+        self.answered = answered  # whether any part of an answer arrived
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to MLflow: writes a request, then parses one answer at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.reused = False
+        self.idle_since = 0.0
+        self._write_paused = False
+        self._drained: asyncio.Future | None = None
+        self._waiter: asyncio.Future | None = None
+        self._begin_answer(expect_body=True)
+
+    def _begin_answer(self, expect_body: bool) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.error: UpstreamError | None = None
+        self._expect_body = expect_body  # False for HEAD: headers only, whatever they announce
+        self._interim = False  # parsing a 1xx answer, which precedes the real one
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._reading_paused = False
+        self._framed = False  # Content-Length or chunked; else the body ends when MLflow closes
+
+    # --- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._fail(UpstreamClosed("MLflow sent an answer the front could not parse", self.head_done))
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.head_done and not self.complete and not self._framed:
+            self.complete = True  # a close-delimited body ends here
+            self._wake()
+        elif not self.complete:
+            self._fail(UpstreamClosed("MLflow closed the connection", self.head_done))
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # --- httptools callbacks -----------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"content-length" or (name == b"transfer-encoding" and value.lower().endswith(b"chunked")):
+            self._framed = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            self._interim = True  # 100 Continue and the like: wait for the real answer
+            self.headers = []
+            self._framed = False
+            return
+        self.status = status
+        self.head_done = True
+        if not self._expect_body:
+            # An answer to HEAD announces a body it does not send; the parser cannot be told, so
+            # this connection is not reused.
+            self.complete = True
+            self.keep_alive = False
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > READ_HIGH_WATER_BYTES and not self._reading_paused and self.transport:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if self.complete:
+            return
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
+        self._wake()
+
+    # --- used by the forwarder ---------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            raise self.error or UpstreamClosed("MLflow closed the connection", False)
+        self.transport.write(data)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait until MLflow has taken what was written (it reads uploads at its own pace)."""
+        if self._write_paused and not self.closed:
+            self._drained = self.loop.create_future()
+            await self._wait_for(self._drained, timeout)
+        if self.closed and self.error:
+            raise self.error
+
+    async def answer_head(self, timeout: float) -> None:
+        """Wait for the status line and headers of MLflow's answer."""
+        while not self.head_done:
+            if self.error:
+                raise self.error
+            await self._wait(timeout)
+
+    def take_body(self) -> bytes:
+        """Everything of the body received so far, joined."""
+        chunks = self._chunks
+        if not chunks:
+            return b""
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._reading_paused and self.transport:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def read(self, timeout: float) -> bytes:
+        """The next part of the body (whatever has arrived, joined); b"" once it is complete."""
+        while not self._chunks:
+            if self.complete:
+                return b""
+            if self.error:
+                raise self.error
+            await self._wait(timeout)
+        return self.take_body()
+
+    def expect(self, has_body: bool) -> None:
+        """Prepare for the next answer (`has_body=False` for a HEAD request)."""
+        self._begin_answer(expect_body=has_body)
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    # --- waiting -----------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self.error is None:
+            self.error = error
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+    async def _wait(self, timeout: float) -> None:
+        self._waiter = self.loop.create_future()
+        try:
+            await self._wait_for(self._waiter, timeout)
+        finally:
+            self._waiter = None
+
+    async def _wait_for(self, future: asyncio.Future, timeout: float) -> None:
+        # A timer per wait instead of asyncio.wait_for: no extra task or future on the hot path.
+        timer = self.loop.call_later(timeout, _time_out, future)
+        try:
+            await future
+        finally:
+            timer.cancel()
+
+
+def _time_out(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_exception(UpstreamTimeout())
+
+
+class UpstreamClient:
+    """Connections to the MLflow child, at `state.base_url` or over `state.unix_socket`."""
+
+    def __init__(self, state, max_connections: int = MAX_CONNECTIONS):
+        self.state = state
+        self._idle: list[UpstreamConnection] = []
+        self._slots = asyncio.BoundedSemaphore(max_connections) if max_connections else None
+        self._address_of: str | None = None
+        self._address: tuple[str, int] = ("127.0.0.1", 0)
+        self.host_header = b""
+
+    def _refresh_address(self) -> None:
+        base_url = self.state.base_url
+        if base_url != self._address_of:
+            parts = urlsplit(base_url)
+            self._address = (parts.hostname or "127.0.0.1", parts.port or 80)
+            self.host_header = parts.netloc.encode("latin-1")
+            self._address_of = base_url
+            self.close_idle()  # a new child: the old one's connections are of no use
+
+    async def connect(self, timeout: float) -> UpstreamConnection:
+        """A connection ready for a request: the most recently idle one, else a new one."""
+        self._refresh_address()
+        if self._slots is not None:
+            if self._slots.locked():
+                try:
+                    await asyncio.wait_for(self._slots.acquire(), timeout)
+                except asyncio.TimeoutError:
+                    raise UpstreamTimeout() from None
+            else:
+                await self._slots.acquire()  # free: returns without waiting
+        try:
+            return await self._pooled_or_new()
+        except BaseException:
+            self._release_slot()
+            raise
+
+    async def _pooled_or_new(self) -> UpstreamConnection:
+        idle = self._idle
+        if idle:
+            fresh_after = time.monotonic() - IDLE_REUSE_SECONDS
+            while idle:
+                connection = idle.pop()
+                if not connection.closed and connection.idle_since > fresh_after:
+                    connection.reused = True
+                    return connection
+                connection.abort()
+        loop = asyncio.get_running_loop()
+        socket_path = self.state.unix_socket
+        try:
+            if socket_path:
+                opening = loop.create_unix_connection(lambda: UpstreamConnection(loop), socket_path)
+            else:
+                opening = loop.create_connection(lambda: UpstreamConnection(loop), *self._address)
+            _, connection = await asyncio.wait_for(opening, CONNECT_TIMEOUT_SECONDS)
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout() from None
+        except OSError as exc:
+            raise UpstreamUnreachable(str(exc)) from None
+        return connection
+
+    def release(self, connection: UpstreamConnection) -> None:
+        """Back to the pool if the answer was read whole and MLflow keeps the connection open."""
+        self._release_slot()
+        if connection.complete and connection.keep_alive and not connection.closed and len(self._idle) < MAX_IDLE_CONNECTIONS:
+            connection.idle_since = time.monotonic()
+            self._idle.append(connection)
+        else:
+            connection.abort()
+
+    def discard(self, connection: UpstreamConnection) -> None:
+        """Close a connection whose exchange failed or was cut short."""
+        self._release_slot()
+        connection.abort()
+
+    def _release_slot(self) -> None:
+        if self._slots is not None:
+            self._slots.release()
+
+    def close_idle(self) -> None:
+        while self._idle:
+            self._idle.pop().abort()
+
+    async def aclose(self) -> None:
+        self.close_idle()
