@@ -182,7 +182,7 @@ class Forwarder:
         target = scope.get("raw_path") or scope["path"].encode()
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
-        parts = [exchange.method.encode(), b" ", target, b" HTTP/1.1\r\nhost: ", self.client.host_header, b"\r\n"]
+        parts = [exchange.method.encode(), b" ", target, b" HTTP/1.1\r\nhost: ", self.client.host_header(), b"\r\n"]
         for name, value in raw_headers:
             if name in skip:
                 continue

@@ -248,16 +248,21 @@ class UpstreamClient:
         self._slots = asyncio.BoundedSemaphore(max_connections) if max_connections else None
         self._address_of: str | None = None
         self._address: tuple[str, int] = ("127.0.0.1", 0)
-        self.host_header = b""
+        self._host_header = b""
 
     def _refresh_address(self) -> None:
         base_url = self.state.base_url
         if base_url != self._address_of:
             parts = urlsplit(base_url)
             self._address = (parts.hostname or "127.0.0.1", parts.port or 80)
-            self.host_header = parts.netloc.encode("latin-1")
+            self._host_header = parts.netloc.encode("latin-1")
             self._address_of = base_url
             self.close_idle()  # a new child: the old one's connections are of no use
+
+    def host_header(self) -> bytes:
+        """The Host MLflow is sent: its own address, which its Host check accepts."""
+        self._refresh_address()
+        return self._host_header
 
     async def connect(self, timeout: float) -> UpstreamConnection:
         """A connection ready for a request: the most recently idle one, else a new one."""

@@ -165,6 +165,13 @@ async def test_x_forwarded_headers_are_set_from_the_real_peer_and_host(client, f
     assert seen_headers(seen, "x-forwarded-host") == [front.host]
 
 
+async def test_mlflow_is_sent_its_own_address_as_host(client, fake_mlflow):
+    # MLflow's Host check accepts only local names: the public host travels as X-Forwarded-Host.
+    await client.get("/api/2.0/mlflow/experiments/search", headers={"X-Forwarded-Host": "team.example.com"})
+
+    assert seen_headers(last_call(fake_mlflow), "host") == [f"127.0.0.1:{fake_mlflow.port}"]
+
+
 async def test_x_forwarded_for_is_appended_to_the_incoming_chain(client, fake_mlflow):
     await client.get("/api/x", headers={"X-Forwarded-For": "203.0.113.7, 10.0.0.2"})
 
