@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from launcher.databricks import default_backend_store_uri, default_log_format, default_registry_store_uri
-from launcher.settings import Settings, SettingsError, default_host, split_list, validate
+from launcher.settings import MLFLOW_UNIX_SOCKET_DEFAULT, Settings, SettingsError, default_host, split_list, validate
 from proxy.edge_policy import DEFAULT_ALLOWED_HOSTS
 
 
@@ -55,6 +55,10 @@ def main() -> None:
               help="MLflow UI build the front serves. Default: the build inside the installed mlflow package.")
 @click.option("--mlflow-port", show_envvar=True, envvar="MLFLOW_APP_MLFLOW_PORT", type=int, default=0, show_default="a free loopback port",
               help="Loopback port of the MLflow child.")
+@click.option("--mlflow-unix-socket/--no-mlflow-unix-socket", show_envvar=True, envvar="MLFLOW_APP_MLFLOW_UNIX_SOCKET", default=MLFLOW_UNIX_SOCKET_DEFAULT, show_default=True,
+              help="Run the MLflow child on a Unix socket in a directory only this user can open, instead of a loopback "
+                   "port that every local account can reach around --auth-token. TCP is kept with --mlflow-port or "
+                   "--job-execution (MLflow's job runner calls the server over HTTP).")
 @click.option("--log-format", show_envvar=True, envvar="MLFLOW_APP_LOG_FORMAT", type=click.Choice(["text", "json"]), default=default_log_format, show_default="text; json on Databricks Apps",
               help="Log lines on stdout: text for people, json for log collectors.")
 @click.option("--log-level", show_envvar=True, envvar="MLFLOW_APP_LOG_LEVEL", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True,

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import os
 import re
+import shlex
 import signal
+import stat
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -30,14 +34,71 @@ _LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\b")
 # Lines that continue the message before them: a traceback, its indented frames, the exception's line.
 _CONTINUATION = re.compile(r"^(\s|Traceback \(|During handling of|The above exception|[\w.]+(Error|Exception|Warning)\b)")
 PR_SET_PDEATHSIG = 1
+SOCKET_NAME = "mlflow.sock"
+MAX_SOCKET_PATH_BYTES = 107  # sun_path holds 108 bytes on Linux, the last one the terminating NUL
 
 
-def mlflow_command(settings: Settings, port: int) -> list[str]:
-    """`python -m mlflow server ...` from this environment, bound to loopback."""
+@dataclass(frozen=True)
+class ChildAddress:
+    """Where the MLflow child listens: a Unix socket, or else a port on 127.0.0.1."""
+
+    port: int | None = None
+    unix_socket: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The URL the front and our health checks name: on a socket, only its Host counts (localhost, which MLflow accepts)."""
+        return "http://localhost" if self.unix_socket else f"http://127.0.0.1:{self.port}"
+
+    def __str__(self) -> str:
+        return f"unix:{self.unix_socket}" if self.unix_socket else self.base_url
+
+
+def is_private_directory(directory: Path) -> bool:
+    """Owned by us and closed to everyone else (mode 0700 or stricter): no other account can open a socket inside."""
+    try:
+        info = directory.stat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and info.st_mode & 0o077 == 0
+
+
+def child_address(settings: Settings, private_dir: Path | None, free_port: Callable[[], int]) -> ChildAddress:
+    """A Unix socket in `private_dir` when settings ask for one and nothing needs TCP; else a port on 127.0.0.1.
+
+    TCP stays when --mlflow-port is given (the benchmark reaches the child there) and with the job
+    runner, which MLflow points at http://<host>:<port> (mlflow/server/__init__.py, _run_server).
+    """
+    if settings.mlflow_unix_socket:
+        if settings.mlflow_port:
+            log.info("MLflow on 127.0.0.1:%s rather than a Unix socket: --mlflow-port was given", settings.mlflow_port)
+        elif settings.job_execution:
+            log.info("MLflow on loopback TCP rather than a Unix socket: its job runner (--job-execution) calls the server over HTTP")
+        elif private_dir is None or not is_private_directory(private_dir):
+            log.warning("MLflow on loopback TCP rather than a Unix socket: %s is not a directory only we can open", private_dir)
+        elif len(os.fsencode(private_dir / SOCKET_NAME)) > MAX_SOCKET_PATH_BYTES:
+            log.warning(
+                "MLflow on loopback TCP rather than a Unix socket: a socket in %s would pass the %d-byte limit of its path; "
+                "set TMPDIR to a shorter directory", private_dir, MAX_SOCKET_PATH_BYTES,
+            )  # fmt: skip
+        else:
+            return ChildAddress(unix_socket=str(private_dir / SOCKET_NAME))
+    return ChildAddress(port=settings.mlflow_port or free_port())
+
+
+def mlflow_command(settings: Settings, port: int | None, unix_socket: str | None = None) -> list[str]:
+    """`python -m mlflow server ...` from this environment, on `unix_socket` if given, else on 127.0.0.1:`port`."""
+    if unix_socket:
+        # uvicorn binds --uds and ignores the --host/--port MLflow's CLI still appends (their
+        # defaults). Only our front can reach the socket, and it sends X-Forwarded-For itself, so
+        # uvicorn may trust it: the peer of a Unix socket has no address, and without a trusted
+        # X-Forwarded-For MLflow would see no client (its assistant then treats every caller as remote).
+        address = ["--uvicorn-opts", f"--uds {shlex.quote(unix_socket)} --forwarded-allow-ips '*'"]
+    else:
+        address = ["--host", "127.0.0.1", "--port", str(port)]
     command = [
         sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1",
-        "--port", str(port),
+        *address,
         "--workers", str(settings.workers),
         "--backend-store-uri", settings.effective_backend_store_uri,
     ]  # fmt: skip
@@ -80,6 +141,14 @@ def die_with_parent() -> None:
         pass  # not Linux: the front's own shutdown path still stops the child
 
 
+def remove_stale_socket(path: str) -> None:
+    """Remove a socket file a killed run left behind: with --workers > 1 uvicorn binds it plainly and
+    exits on EADDRINUSE. Anything that is not a socket is left alone (and the child says why it fails)."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+
+
 def level_of(line: str, previous: int = logging.INFO) -> int:
     """The level a line of MLflow's output names; a traceback's lines keep the level of the line they follow."""
     match = _LEVEL.search(line[:120])
@@ -91,10 +160,13 @@ def level_of(line: str, previous: int = logging.INFO) -> int:
 class MlflowProcess:
     """One run of the MLflow server, in its own process group so it can be stopped as a whole."""
 
-    def __init__(self, command: list[str], env: dict[str, str], base_url: str, on_output: Callable[[str], None]):
+    def __init__(
+        self, command: list[str], env: dict[str, str], base_url: str, on_output: Callable[[str], None], unix_socket: str | None = None
+    ):
         self.command = command
         self.env = env
         self.base_url = base_url
+        self.unix_socket = unix_socket  # when set, MLflow listens here and base_url only names its Host
         self.on_output = on_output
         self.process: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task | None = None
@@ -104,10 +176,16 @@ class MlflowProcess:
         return self.process.pid if self.process else None
 
     @property
+    def listens_at(self) -> str:
+        return f"unix:{self.unix_socket}" if self.unix_socket else self.base_url
+
+    @property
     def returncode(self) -> int | None:
         return self.process.returncode if self.process else None
 
     async def start(self) -> None:
+        if self.unix_socket:
+            remove_stale_socket(self.unix_socket)
         self.process = await asyncio.create_subprocess_exec(
             *self.command,
             env=self.env,
@@ -131,6 +209,11 @@ class MlflowProcess:
                 level = level_of(text, level)
                 mlflow_log.log(level, text)
 
+    def health_client(self, timeout: float) -> httpx.AsyncClient:
+        """A client for `answers_health`: over the child's Unix socket when it has one."""
+        transport = httpx.AsyncHTTPTransport(uds=self.unix_socket) if self.unix_socket else None
+        return httpx.AsyncClient(timeout=timeout, trust_env=False, transport=transport)
+
     async def answers_health(self, client: httpx.AsyncClient) -> bool:
         """Whether MLflow's own `/health` answers 200 within the client's timeout."""
         try:
@@ -141,7 +224,7 @@ class MlflowProcess:
     async def wait_ready(self, timeout: float, interval: float = 0.2) -> bool:
         """True once MLflow's `/health` answers 200; False if it exits or `timeout` passes first."""
         deadline = asyncio.get_running_loop().time() + timeout
-        async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+        async with self.health_client(timeout=2.0) as client:
             while asyncio.get_running_loop().time() < deadline:
                 if self.returncode is not None:
                     return False

@@ -16,7 +16,7 @@ from launcher.database import DatabaseCheck, postgres_store_uris, store_password
 from launcher.databricks import artifacts_warning, check_workspace, uses_workspace, write_child_plugin, write_sdk_profile
 from launcher.http_protocol import BoundedHttpToolsProtocol
 from launcher.logs import configure_logging
-from launcher.mlflow_process import MlflowProcess, mlflow_command, mlflow_environment
+from launcher.mlflow_process import ChildAddress, MlflowProcess, child_address, mlflow_command, mlflow_environment
 from launcher.settings import Settings, SettingsError
 from launcher.supervisor import LivenessProbe, Supervisor
 from proxy.app import FrontConfig, create_app
@@ -66,15 +66,16 @@ def serve(settings: Settings) -> None:
     front_socket = bind_socket(settings.host, settings.port, "--port")
     if settings.mlflow_port:
         bind_socket("127.0.0.1", settings.mlflow_port, "--mlflow-port").close()
-    mlflow_port = settings.mlflow_port or free_loopback_port()
     try:
         import uvloop
 
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:
         runner = asyncio.Runner()
+    # Mode 0700 (mkdtemp): MLflow's Unix socket inside is ours alone.
     with tempfile.TemporaryDirectory(prefix="mlflow-app-") as private, runner:
-        runner.run(run_front_and_mlflow(settings, front_socket, mlflow_port, assets, redact, Path(private)))
+        address = child_address(settings, Path(private), free_loopback_port)
+        runner.run(run_front_and_mlflow(settings, front_socket, address, assets, redact, Path(private)))
 
 
 def front_server_config(front, drain_seconds: float) -> uvicorn.Config:
@@ -95,20 +96,20 @@ def front_server_config(front, drain_seconds: float) -> uvicorn.Config:
 async def run_front_and_mlflow(
     settings: Settings,
     front_socket: socket.socket,
-    mlflow_port: int,
+    address: ChildAddress,
     assets: UiAssets,
     redact: Redactor,
     private_dir: Path | None = None,
 ) -> None:
-    state = UpstreamState(base_url=f"http://127.0.0.1:{mlflow_port}")
-    command = mlflow_command(settings, mlflow_port)
+    state = UpstreamState(base_url=address.base_url, unix_socket=address.unix_socket)
+    command = mlflow_command(settings, address.port, address.unix_socket)
     workspace_files = private_dir if private_dir and uses_workspace(settings) else None
     sdk_profile = write_sdk_profile(workspace_files) if workspace_files else None
     child_plugin = write_child_plugin(workspace_files) if workspace_files else None
     env = mlflow_environment(settings, sdk_profile=sdk_profile, child_plugin=child_plugin)
     databases = postgres_store_uris(settings)
     supervisor = Supervisor(
-        lambda on_output: MlflowProcess(command, env, state.base_url, on_output),
+        lambda on_output: MlflowProcess(command, env, address.base_url, on_output, address.unix_socket),
         state,
         start_timeout=settings.mlflow_start_timeout,
         redact=redact,
@@ -140,7 +141,7 @@ async def run_front_and_mlflow(
         while not server.started and not serving.done():
             await asyncio.sleep(0.02)
         host, port = front_socket.getsockname()[:2]
-        log.info("mlflow-app listening on http://%s:%s (MLflow on %s)", host, port, state.base_url)
+        log.info("mlflow-app listening on http://%s:%s (MLflow on %s)", host, port, address)
         supervision = asyncio.create_task(supervisor.run())
         await serving
     finally:

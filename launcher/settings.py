@@ -23,6 +23,12 @@ ARTIFACT_SCHEMES = frozenset(
 )  # fmt: skip
 
 
+# MLflow on a Unix socket in the launcher's private directory (launcher/mlflow_process.py,
+# child_address) instead of a loopback port. The one line to flip once the front's upstream client
+# connects to UpstreamState.unix_socket; the CLI's default reads it too.
+MLFLOW_UNIX_SOCKET_DEFAULT = False
+
+
 class SettingsError(ValueError):
     """A setting that cannot work; the message is one line that says what to change."""
 
@@ -43,6 +49,7 @@ class Settings:
     log_level: str = "info"
     mlflow_log_level: str | None = None  # None: as log_level
     mlflow_port: int = 0
+    mlflow_unix_socket: bool = MLFLOW_UNIX_SOCKET_DEFAULT
     data_dir: Path = Path("mlflow-data")
     upstream_timeout: float = 60.0
     mlflow_start_timeout: float = 300.0

@@ -8,8 +8,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import httpx
-
 from launcher.mlflow_process import MlflowProcess
 from proxy.redaction import Redactor
 from proxy.upstream import UpstreamPhase, UpstreamState
@@ -123,7 +121,7 @@ class Supervisor:
         self.state.mark_ready()
         self.state.failed_starts = 0
         self.state.last_error_lines.clear()
-        log.info("MLflow is ready at %s (pid %s)", self.state.base_url, process.pid)
+        log.info("MLflow is ready at %s (pid %s)", process.listens_at, process.pid)
         exited = asyncio.create_task(process.wait())
         hung = asyncio.create_task(self._until_hung(process))
         await asyncio.wait({exited, hung}, return_when=asyncio.FIRST_COMPLETED)
@@ -138,7 +136,7 @@ class Supervisor:
     async def _until_hung(self, process: MlflowProcess) -> str:
         """Returns (only) once MLflow has failed `probe.failures` health checks in a row."""
         failures = 0
-        async with httpx.AsyncClient(timeout=self.probe.timeout, trust_env=False) as client:
+        async with process.health_client(self.probe.timeout) as client:
             while failures < self.probe.failures:
                 await asyncio.sleep(self.probe.interval)
                 failures = 0 if await process.answers_health(client) else failures + 1

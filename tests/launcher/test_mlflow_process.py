@@ -5,18 +5,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shlex
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from launcher.logs import CHILD_LOGGER
-from launcher.mlflow_process import MlflowProcess, level_of, mlflow_command, mlflow_environment
+from launcher.mlflow_process import (
+    MAX_SOCKET_PATH_BYTES,
+    ChildAddress,
+    MlflowProcess,
+    child_address,
+    is_private_directory,
+    level_of,
+    mlflow_command,
+    mlflow_environment,
+)
 from launcher.settings import Settings
 from tests.app_process import free_port
+from tests.launcher.fake_unix_server import unix_server_command
 from tests.launcher.fakes import (
     child_env,
     exit_command,
@@ -86,6 +99,91 @@ def test_command_no_serve_artifacts(tmp_path):
     assert "--no-serve-artifacts" in command
     assert "--serve-artifacts" not in command
     assert "--artifacts-destination" not in command
+
+
+def test_command_on_a_unix_socket_binds_it_and_no_port(tmp_path):
+    path = str(tmp_path / "private dir" / "mlflow.sock")  # a space: the options are split with shlex
+    command = mlflow_command(Settings(data_dir=tmp_path, workers=2), None, path)
+    assert "--port" not in command and "--host" not in command
+    assert shlex.split(value_of(command, "--uvicorn-opts")) == ["--uds", path, "--forwarded-allow-ips", "*"]
+    assert value_of(command, "--workers") == "2"
+    assert value_of(command, "--backend-store-uri") == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+
+
+def test_command_on_tcp_passes_no_uvicorn_options(tmp_path):
+    assert "--uvicorn-opts" not in mlflow_command(Settings(data_dir=tmp_path), 5000)
+
+
+# --- child_address -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_dir():
+    """A directory as the runner makes it (tempfile.TemporaryDirectory), in the system's temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="mlflow-app-") as path:
+        yield Path(path)
+
+
+def test_the_runners_temporary_directory_is_ours_alone(private_dir):
+    info = private_dir.stat()
+    assert info.st_mode & 0o777 == 0o700
+    assert info.st_uid == os.getuid()
+    assert is_private_directory(private_dir)
+
+
+def test_a_directory_others_can_enter_is_not_private(tmp_path):
+    (tmp_path / "open").mkdir(mode=0o755)
+    (tmp_path / "open").chmod(0o755)
+    assert not is_private_directory(tmp_path / "open")
+    assert not is_private_directory(tmp_path / "missing")
+
+
+def test_on_a_socket_when_asked(private_dir):
+    address = child_address(Settings(mlflow_unix_socket=True), private_dir, free_port=lambda: 1 / 0)
+    assert address == ChildAddress(unix_socket=str(private_dir / "mlflow.sock"))
+    assert address.base_url == "http://localhost"  # the Host MLflow is sent; its middleware accepts localhost
+    assert address.port is None
+
+
+def test_on_tcp_unless_asked(private_dir):
+    address = child_address(Settings(mlflow_unix_socket=False), private_dir, free_port=lambda: 5123)
+    assert address == ChildAddress(port=5123)
+    assert address.base_url == "http://127.0.0.1:5123" and address.unix_socket is None
+
+
+@pytest.mark.parametrize(
+    ("settings", "port", "why"),
+    [
+        (Settings(mlflow_unix_socket=True, mlflow_port=5200), 5200, "--mlflow-port was given"),
+        (Settings(mlflow_unix_socket=True, job_execution=True), 5123, "job runner"),
+    ],
+)
+def test_tcp_is_kept_where_something_needs_it(private_dir, caplog, settings, port, why):
+    caplog.set_level(logging.INFO, logger="mlflow_app")
+    assert child_address(settings, private_dir, free_port=lambda: 5123) == ChildAddress(port=port)
+    assert any(why in r.getMessage() for r in caplog.records)
+
+
+def test_tcp_with_a_warning_when_the_socket_path_would_be_too_long(tmp_path, caplog):
+    name_length = MAX_SOCKET_PATH_BYTES + 2 - len(os.fsencode(tmp_path / "d" / "mlflow.sock"))  # one byte too many
+    if name_length < 2:
+        pytest.skip(f"pytest's temporary directory {tmp_path} is itself too long for this test")
+    deep = tmp_path / ("d" * name_length)
+    deep.mkdir(mode=0o700)
+    assert len(os.fsencode(deep / "mlflow.sock")) == MAX_SOCKET_PATH_BYTES + 1
+    assert child_address(Settings(mlflow_unix_socket=True), deep, free_port=lambda: 5123) == ChildAddress(port=5123)
+    assert any("107-byte limit" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    # One byte shorter still fits.
+    fits = tmp_path / deep.name[:-1]
+    fits.mkdir(mode=0o700)
+    assert child_address(Settings(mlflow_unix_socket=True), fits, free_port=lambda: 5123).unix_socket == str(fits / "mlflow.sock")
+
+
+def test_tcp_with_a_warning_when_the_directory_is_not_private(tmp_path, caplog):
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open").chmod(0o755)
+    assert child_address(Settings(mlflow_unix_socket=True), tmp_path / "open", free_port=lambda: 5123) == ChildAddress(port=5123)
+    assert any("only we can open" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
 
 
 # --- mlflow_environment ------------------------------------------------------------------------
@@ -351,6 +449,49 @@ async def test_stop_before_start_is_a_no_op(spawn):
     process, _ = spawn(sleep_command())
     assert process.pid is None and process.returncode is None
     assert await process.stop(grace_seconds=1) is None
+
+
+# --- MlflowProcess on a Unix socket ------------------------------------------------------------
+
+
+def stale_socket_at(path: Path) -> None:
+    """A socket file with no one listening, as a killed child leaves it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+    assert path.is_socket()
+
+
+async def test_wait_ready_over_the_unix_socket(private_dir):
+    path = str(private_dir / "mlflow.sock")
+    process = MlflowProcess(unix_server_command(path), child_env(), "http://localhost", lambda line: None, unix_socket=path)
+    try:
+        await process.start()
+        assert await process.wait_ready(timeout=10, interval=0.05)
+        assert process.listens_at == f"unix:{path}"
+    finally:
+        await process.stop(grace_seconds=0.5)
+
+
+async def test_a_stale_socket_file_does_not_stop_the_next_start(private_dir):
+    path = private_dir / "mlflow.sock"
+    stale_socket_at(path)
+    lines: list[str] = []
+    process = MlflowProcess(unix_server_command(str(path)), child_env(), "http://localhost", lines.append, unix_socket=str(path))
+    try:
+        await process.start()
+        assert await process.wait_ready(timeout=10, interval=0.05), lines
+    finally:
+        await process.stop(grace_seconds=0.5)
+
+
+async def test_a_file_that_is_not_a_socket_is_left_alone(private_dir):
+    path = private_dir / "mlflow.sock"
+    path.write_text("not ours to delete")
+    process = MlflowProcess(unix_server_command(str(path)), child_env(), "http://localhost", lambda line: None, unix_socket=str(path))
+    await process.start()
+    assert not await process.wait_ready(timeout=10, interval=0.05)  # the child could not bind, and exited
+    assert await process.wait() == 3
+    assert path.read_text() == "not ours to delete"
 
 
 def test_child_dies_with_a_killed_front(tmp_path: Path):

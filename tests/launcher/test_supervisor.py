@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 import pytest
 
 from launcher.mlflow_process import MlflowProcess
-from launcher.supervisor import Backoff, Supervisor
+from launcher.supervisor import Backoff, LivenessProbe, Supervisor
 from proxy.redaction import Redactor
 from proxy.upstream import UpstreamPhase, UpstreamState
 from tests.app_process import free_port
+from tests.launcher.fake_unix_server import unix_server_command
 from tests.launcher.fakes import child_env, exit_command, is_gone, server_command, sleep_command, wait_gone
 
 SECRET = "s3cr3t-token-value-0123456789"
@@ -89,10 +90,16 @@ async def supervise():
         start_timeout: float = 10.0,
         backoff: Backoff | None = None,
         before_start=None,
+        probe: LivenessProbe | None = None,
+        unix_socket: str | None = None,
         **env: str,
     ) -> tuple[Supervisor, RecordingState, list[MlflowProcess], asyncio.Task]:
+        """`command` gets the fake's port, or its socket path when `unix_socket` is given."""
         port = free_port()
-        state = RecordingState(base_url=f"http://127.0.0.1:{port}")
+        if unix_socket:
+            state = RecordingState(base_url="http://localhost", unix_socket=unix_socket)
+        else:
+            state = RecordingState(base_url=f"http://127.0.0.1:{port}")
         made: list[MlflowProcess] = []
 
         def make_process(on_output: Callable[[str], None]) -> MlflowProcess:
@@ -100,7 +107,7 @@ async def supervise():
                 state.output.append(line)
                 on_output(line)
 
-            made.append(MlflowProcess(command(port), child_env(**env), state.base_url, tee))
+            made.append(MlflowProcess(command(unix_socket or port), child_env(**env), state.base_url, tee, unix_socket))
             return made[-1]
 
         supervisor = Supervisor(
@@ -109,6 +116,7 @@ async def supervise():
             start_timeout=start_timeout,
             backoff=backoff or Backoff(initial=0.01, cap=0.05, stable_after=60),
             redact=Redactor([SECRET]),
+            probe=probe,
             before_start=before_start,
         )
         running.append((supervisor, asyncio.create_task(supervisor.run())))
@@ -230,6 +238,26 @@ async def test_a_child_never_ready_within_start_timeout_is_killed_and_restarted(
     assert is_gone(made[0].pid)
     assert state.phase in (UpstreamPhase.RESTARTING, UpstreamPhase.STARTING)
     assert UpstreamPhase.READY not in state.history
+
+
+# --- MLflow on a Unix socket -------------------------------------------------------------------
+
+
+async def test_on_a_unix_socket_readiness_and_the_liveness_probe_go_over_it(supervise, tmp_path):
+    probe = LivenessProbe(interval=0.05, timeout=1, failures=2)
+    supervisor, state, made, run = supervise(unix_server_command, probe=probe, unix_socket=str(tmp_path / "mlflow.sock"))
+    await eventually(lambda: state.ready, what="READY")
+    await asyncio.sleep(0.5)  # ten probes: each would fail if it went anywhere but the socket
+    assert state.ready and state.restarts == 0 and len(made) == 1
+
+
+async def test_on_a_unix_socket_a_crashed_childs_socket_file_does_not_stop_the_restart(supervise, tmp_path):
+    path = tmp_path / "mlflow.sock"
+    supervisor, state, made, run = supervise(unix_server_command, unix_socket=str(path), EXIT_AFTER="0.3")
+    await eventually(lambda: state.restarts >= 1, what="a crash")
+    assert state.last_exit_code == 9
+    await eventually(lambda: state.ready and len(made) == 2, what="READY again on the same path")
+    assert path.is_socket()
 
 
 async def test_stop_before_run_starts_nothing():
