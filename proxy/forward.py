@@ -308,6 +308,9 @@ class Forwarder:
             else:
                 log.warning("MLflow's answer was cut short (%s); closing the client's connection", type(exc).__name__)
             return  # uvicorn closes a connection whose answer did not complete
+        except BaseException:  # cancelled (the server is stopping): the connection is not reusable
+            self.client.discard(connection)
+            raise
         finally:
             if not watcher.done():
                 watcher.cancel()
