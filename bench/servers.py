@@ -27,6 +27,7 @@ from launcher.settings import Settings
 QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 APP_COMMAND = [str(Path(sys.executable).parent / "mlflow-app"), "serve"]
 NGINX_TEMPLATE = Path(__file__).with_name("nginx.conf.j2")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -72,6 +73,19 @@ def rss_mib(processes: list[psutil.Process]) -> float:
     return total / 2**20
 
 
+def stat_cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU seconds of `pids` so far, from /proc/<pid>/stat (a gone pid counts 0)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
+    return ticks / CLOCK_TICKS
+
+
 class PeakMemory:
     """Samples the resident memory of one process and of its whole tree in a thread, keeping peaks."""
 
@@ -115,12 +129,16 @@ def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
 
 @dataclass
 class Front:
-    """`mlflow-app serve` with its MLflow child on a known loopback port."""
+    """`mlflow-app serve` with its MLflow child on a known loopback port (`--mlflow-port`).
+
+    With `mlflow_port=None` the launcher picks where its child listens (a Unix socket by default,
+    once the launcher does so); the child is then not reachable from here, and `mlflow_url` raises.
+    """
 
     workdir: Path
     extra_args: tuple[str, ...] = ()
     port: int = field(default_factory=free_port)
-    mlflow_port: int = field(default_factory=free_port)
+    mlflow_port: int | None = field(default_factory=free_port)
     process: subprocess.Popen | None = None
 
     @property
@@ -129,11 +147,15 @@ class Front:
 
     @property
     def mlflow_url(self) -> str:
+        if self.mlflow_port is None:
+            raise ValueError("the front was started without --mlflow-port: its child has no known TCP port")
         return f"http://127.0.0.1:{self.mlflow_port}"
 
     def launch(self) -> subprocess.Popen:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        args = ["--port", str(self.port), "--mlflow-port", str(self.mlflow_port), "--data-dir", str(self.workdir / "data")]
+        args = ["--port", str(self.port), "--data-dir", str(self.workdir / "data")]
+        if self.mlflow_port is not None:  # keeps the child on loopback TCP, where "MLflow alone" reaches it
+            args += ["--mlflow-port", str(self.mlflow_port)]
         with open(self.workdir / "front.log", "ab") as log:
             self.process = subprocess.Popen(
                 [*APP_COMMAND, *args, *self.extra_args],
@@ -196,33 +218,39 @@ class MlflowAlone:
 
 @dataclass
 class Nginx:
-    """Debian's nginx proxying to an MLflow on `mlflow_port`, configured from bench/nginx.conf.j2."""
+    """Debian's nginx proxying to an MLflow on `mlflow_port` (or on the Unix socket `upstream_socket`),
+    configured from bench/nginx.conf.j2."""
 
     workdir: Path
     mlflow_port: int
     port: int = field(default_factory=free_port)
+    upstream_socket: str | None = None
     process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def upstream(self) -> str:
+        return f"unix:{self.upstream_socket}" if self.upstream_socket else f"127.0.0.1:{self.mlflow_port}"
+
     def render(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
         template = jinja2.Template(NGINX_TEMPLATE.read_text(), undefined=jinja2.StrictUndefined)
         config = self.workdir / "nginx.conf"
-        config.write_text(template.render(workdir=self.workdir, port=self.port, mlflow_port=self.mlflow_port))
+        config.write_text(template.render(workdir=self.workdir, port=self.port, upstream=self.upstream))
         return config
 
-    def start(self, timeout: float = 10) -> Nginx:
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    def start(self, timeout: float = 10, ready_path: str = "/health") -> Nginx:
+        binary = nginx_binary()
         config = self.render()
         with open(self.workdir / "stdout.log", "ab") as log:
             self.process = subprocess.Popen(
                 [binary, "-c", str(config), "-p", str(self.workdir)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
-        wait_for(f"{self.url}/health", timeout, self.process)
+        wait_for(f"{self.url}{ready_path}", timeout, self.process)
         return self
 
     def stop(self) -> None:
@@ -230,10 +258,17 @@ class Nginx:
             stop_group(self.process, timeout=10)
 
 
+def nginx_binary() -> str:
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def nginx_installed() -> bool:
+    return Path(nginx_binary()).exists()
+
+
 def nginx_version() -> str:
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
     try:
-        out = subprocess.run([binary, "-v"], capture_output=True, text=True).stderr.strip()
+        out = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True).stderr.strip()
     except OSError:
         return "absent"
     return out.rpartition("/")[2]

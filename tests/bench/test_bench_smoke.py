@@ -44,6 +44,8 @@ def test_nginx_config_and_report_render(tmp_path):
     config = Nginx(tmp_path, mlflow_port=5001, port=5002).render().read_text()
     assert "server 127.0.0.1:5001;" in config and "listen 127.0.0.1:5002;" in config
     assert "proxy_request_buffering off;" in config and "keepalive 64;" in config
+    unix = Nginx(tmp_path / "unix", mlflow_port=0, upstream_socket="/run/x/mlflow.sock").render().read_text()
+    assert "server unix:/run/x/mlflow.sock;" in unix
     run = {"rps": 100.0, "p50_ms": 1.0, "p90_ms": 2.0, "p99_ms": 3.0, "errors": 0, "requests": 500, "mb_per_s": 0.1}
     results = {
         "meta": {"date": "2026-11-23T00:00:00", "command": "python -m bench.run", "machine": {}},
@@ -51,4 +53,19 @@ def test_nginx_config_and_report_render(tmp_path):
         "memory_idle": {"front_mib": 60.0, "tree_mib": 500.0, "processes": 3},
     }
     table = render(results)
-    assert "| runs/get | 1 |" in table and "Front idle < 80 MiB" in table
+    assert "| runs/get | 1 |" in table and "Front idle < 60 MiB" in table
+
+
+def test_report_renders_a_table_per_worker_count():
+    run = {"rps": 100.0, "p50_ms": 1.0, "p90_ms": 2.0, "p99_ms": 3.0, "errors": 0, "requests": 500, "mb_per_s": 0.1, "proxy_cpu_ms": 0.2}
+    api = {"experiments/get": {"1": {s: [run] for s in ("mlflow", "nginx", "front")}}}
+    results = {
+        "meta": {"date": "2026-11-28T00:00:00", "command": "python -m bench.run --mlflow-workers 1,2", "machine": {}, "front_child": "unix"},
+        "workloads": {},
+        "by_workers": {w: {"workloads": {"api": api}, "memory_idle": {"front_mib": 50.0, "tree_mib": 500.0, "processes": 3}} for w in ("1", "2")},
+    }
+    table = render(results)
+    assert "### API calls, MLflow with 1 worker (wrk, 1 thread)" in table and "### API calls, MLflow with 2 workers (wrk, 1 thread)" in table
+    assert "[1 MLflow worker] req/s ≥ 0.95 × MLflow alone: experiments/get" in table
+    assert "[2 MLflow workers] front/MLflow req/s within 0.03 of nginx/MLflow: experiments/get" in table
+    assert "Front CPU per request ≤ 0.25 ms: experiments/get, c=1 | 0.20 ms | met" in table
