@@ -15,19 +15,17 @@ def log_request(exchange: Exchange) -> None:
     """The request's line, once it has been answered (or has failed)."""
     if not log.isEnabledFor(logging.INFO):
         return
-    log.info(
-        "request",
-        extra={
-            "fields": {
-                "method": exchange.method,
-                "path": exchange.path,
-                "status": exchange.status or 500,
-                "duration_ms": round(exchange.seconds() * 1000, 2),
-                "bytes_in": exchange.bytes_in,
-                "bytes_out": exchange.bytes_out,
-                "request_id": exchange.request_id,
-                "user": exchange.user,
-                "client": exchange.client_host,
-            }
-        },
-    )
+    fields = {
+        "method": exchange.method,
+        "path": exchange.path,
+        "status": exchange.status or 500,
+        "duration_ms": round(exchange.seconds() * 1000, 2),
+        "bytes_in": exchange.bytes_in,
+        "bytes_out": exchange.bytes_out,
+        "request_id": exchange.request_id,
+        "user": exchange.user,
+        "client": exchange.client_host,
+    }
+    # The record made directly: Logger.info would also look up the caller's file and line in the
+    # stack on every request, for a line that never shows them.
+    log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "request", (), None, extra={"fields": fields}))
