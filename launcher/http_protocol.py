@@ -42,9 +42,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = False  # from a message's first byte to the end of its headers
-        self._head_bytes = 0  # the URL and headers the parser has handed over
-        self._unparsed_bytes = 0  # bytes read since, while a head is still incomplete
-        self._head_fields = 0
+        self._unparsed_bytes = 0  # bytes read since a head began, while it is still incomplete
+        self._head_deadline = 0.0  # loop time by which the head now arriving must be whole
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: tuple[int, str] | None = None
 
@@ -52,7 +51,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._start_head_timer()  # a connection that never sends a request is not kept forever
+        self._arm_head_timer()  # a connection that never sends a request is not kept forever
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
@@ -62,43 +61,37 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head:
             self._unparsed_bytes += len(data)
         super().data_received(data)
-        # A header still arriving is buffered whole by the parser, unseen by the callbacks below; a
-        # head still incomplete after this chunk holds all of the chunk's bytes.
+        # A header still arriving is buffered whole by the parser, unseen by the callbacks; a head
+        # still incomplete after this chunk holds all of the chunk's bytes.
         if self._in_head and self._unparsed_bytes > self.max_head_bytes and not self.transport.is_closing():
             self._refusal = (431, f"The request's headers exceed {self.max_head_bytes} bytes.")
             self.send_400_response("")
 
     # --- parser callbacks ------------------------------------------------------------------
+    # Each runs once per request; the headers are counted when the head is whole (its bytes are
+    # bounded meanwhile by data_received), not in a Python override called for every header.
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
-        self._head_bytes = 0
         self._unparsed_bytes = 0
-        self._head_fields = 0
-        self._start_head_timer()
+        self._arm_head_timer()
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
-        self._head_bytes += len(url)
         if len(self.url) > self.max_target_bytes:
             self._refusal = (414, f"The request's URL exceeds {self.max_target_bytes} bytes.")
             raise HeadRefused
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_fields += 1
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_fields > self.max_header_fields:
-            self._refusal = (431, f"The request has more than {self.max_header_fields} header fields.")
-            raise HeadRefused
-        if self._head_bytes > self.max_head_bytes:
-            self._refusal = (431, f"The request's headers exceed {self.max_head_bytes} bytes.")
-            raise HeadRefused
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._cancel_head_timer()
+        headers = self.headers
+        if len(headers) > self.max_header_fields:
+            self._refusal = (431, f"The request has more than {self.max_header_fields} header fields.")
+            raise HeadRefused
+        if len(self.url) + sum(len(name) + len(value) + 4 for name, value in headers) > self.max_head_bytes:
+            self._refusal = (431, f"The request's headers exceed {self.max_head_bytes} bytes.")
+            raise HeadRefused
         super().on_headers_complete()
 
     def _unsupported_upgrade_warning(self) -> None:
@@ -124,25 +117,31 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
             self.transport.close()
 
-    def _start_head_timer(self) -> None:
+    def _arm_head_timer(self) -> None:
+        # One timer per connection, not one per request: a new head only moves the deadline, and
+        # the timer, when it fires, looks at where the connection is then.
+        self._head_deadline = self.loop.time() + self.head_timeout_seconds
         if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.head_timeout_seconds, self._head_timed_out)
+            self._head_timer = self.loop.call_at(self._head_deadline, self._head_timer_fired)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
-    def _head_timed_out(self) -> None:
+    def _head_timer_fired(self) -> None:
         self._head_timer = None
         if self.transport.is_closing():
             return
         if not self._in_head:
             if self.cycle is None:
                 self.transport.close()  # opened, never used: there is no one to answer
-            return
+            return  # between requests: keep-alive's timeout is in charge
         if self.cycle is not None and not self.cycle.response_complete:
-            self._start_head_timer()  # a pipelined head behind a response still under way
+            self._arm_head_timer()  # a pipelined head behind a response still under way
             return
+        if self.loop.time() < self._head_deadline:
+            self._head_timer = self.loop.call_at(self._head_deadline, self._head_timer_fired)
+            return  # this head began after the timer was set: it has until its own deadline
         self._refusal = (408, f"The request's headers did not arrive within {self.head_timeout_seconds:g} s.")
         self.send_400_response("")

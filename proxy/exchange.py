@@ -8,15 +8,20 @@ timings) are filled in by whoever answers and read once by the observer.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import time
-import uuid
 
 from starlette.types import Message, Scope, Send
 
 from proxy.errors import send_mlflow_error
 
 _SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+# New request ids: 64 random bits per process, then a counter (32 hex digits in all). Unique across
+# replicas and restarts without asking the kernel for randomness on every request.
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
 
 # Headers the front reads; everything else it only passes on.
 _WATCHED = frozenset(
@@ -46,13 +51,17 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
     for key, value in headers:
         if key.lower() == b"x-request-id":
             return _request_id(value)
-    return uuid.uuid4().hex
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 def _request_id(value: bytes | None) -> str:
     if value is not None and _SAFE_REQUEST_ID.match(value):
         return value.decode("ascii")
-    return uuid.uuid4().hex
+    return new_request_id()
 
 
 class Exchange:
