@@ -7,21 +7,13 @@ built by `create_app` counts only its own requests. `proxy.observer` records eve
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    GCCollector,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-    generate_latest,
-)
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from starlette.responses import Response
 
 from proxy.routes import RouteLabels
@@ -30,6 +22,7 @@ from proxy.upstream import UpstreamPhase, UpstreamState
 PREFIX = "mlflow_app"
 # 1 ms (a cached asset) to 120 s (the platform's proxy cuts requests there).
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+BUCKET_LABELS = (*(floatToGoString(bound) for bound in DURATION_BUCKETS), "+Inf")
 STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 # The classic text format, labelled as prometheus_client's own server labels it for scrapers that
 # do not ask for more. (Its CONTENT_TYPE_LATEST says version=1.0.0: the same bytes, under a version
@@ -41,18 +34,46 @@ def method_label(method: str) -> str:
     return method if method in STANDARD_METHODS else "OTHER"
 
 
-@dataclass(frozen=True)
-class RouteSeries:
-    """The labelled children of one route, looked up once and kept (prometheus_client locks per lookup)."""
+class Histogram:
+    """One route's histogram as plain numbers: a count per bucket and a sum."""
 
-    duration: Histogram
-    upstream: Histogram
-    bytes_in: Counter
-    bytes_out: Counter
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)  # the last is +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        running = 0
+        buckets = []
+        for bound, count in zip(BUCKET_LABELS, self.counts):
+            running += count
+            buckets.append((bound, running))
+        return buckets
+
+
+class RouteTally:
+    """What one route's requests have added up to."""
+
+    __slots__ = ("duration", "upstream", "bytes_in", "bytes_out")
+
+    def __init__(self) -> None:
+        self.duration = Histogram()
+        self.upstream = Histogram()
+        self.bytes_in = 0
+        self.bytes_out = 0
 
 
 class FrontMetrics:
-    """Every metric the front exports, in a registry of its own."""
+    """Every metric the front exports, in a registry of its own.
+
+    Requests are tallied in plain numbers on the event loop (prometheus_client's metric objects
+    take a lock per update, eight per request) and turned into metric families when scraped, which
+    also happens on the event loop."""
 
     def __init__(self, state: UpstreamState, route_labels: RouteLabels | None = None):
         self.registry = CollectorRegistry()
@@ -61,56 +82,10 @@ class FrontMetrics:
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         self.registry.register(UpstreamCollector(state))
-        self.requests = Counter(
-            f"{PREFIX}_requests",
-            "Requests answered by the front, by method, route and status code.",
-            ["method", "route", "status"],
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            f"{PREFIX}_request_duration_seconds",
-            "Time from a request's arrival to the last byte of its answer, by route.",
-            ["route"],
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
-        self.upstream_duration = Histogram(
-            f"{PREFIX}_upstream_duration_seconds",
-            "Time from sending a request to MLflow until MLflow's response headers arrive, by route.",
-            ["route"],
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
-        self.in_flight = Gauge(
-            f"{PREFIX}_requests_in_flight",
-            "Requests being served now (scrapes of /metrics not included).",
-            registry=self.registry,
-        )
-        self.bytes_in = Counter(
-            f"{PREFIX}_request_bytes",
-            "Request body bytes received from clients, by route.",
-            ["route"],
-            registry=self.registry,
-        )
-        self.bytes_out = Counter(
-            f"{PREFIX}_response_bytes",
-            "Response body bytes sent to clients (as sent, compressed or not), by route.",
-            ["route"],
-            registry=self.registry,
-        )
-        self._routes: dict[str, RouteSeries] = {}
-        self._request_counters: dict[tuple[str, str, int], Counter] = {}
-
-    def series(self, route: str) -> RouteSeries:
-        found = self._routes.get(route)
-        if found is None:
-            found = self._routes[route] = RouteSeries(
-                self.duration.labels(route),
-                self.upstream_duration.labels(route),
-                self.bytes_in.labels(route),
-                self.bytes_out.labels(route),
-            )
-        return found
+        self.registry.register(RequestCollector(self))
+        self.in_flight = 0
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.routes: dict[str, RouteTally] = {}
 
     def observe(
         self,
@@ -124,18 +99,16 @@ class FrontMetrics:
     ) -> None:
         """Record one finished request."""
         key = (method_label(method), route, status)
-        counter = self._request_counters.get(key)
-        if counter is None:
-            counter = self._request_counters[key] = self.requests.labels(key[0], route, str(status))
-        counter.inc()
-        series = self.series(route)
-        series.duration.observe(seconds)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        tally = self.routes.get(route)
+        if tally is None:
+            tally = self.routes[route] = RouteTally()
+        tally.duration.observe(seconds)
         if upstream_seconds is not None:
-            series.upstream.observe(upstream_seconds)
-        if bytes_in:
-            series.bytes_in.inc(bytes_in)
-        if bytes_out:
-            series.bytes_out.inc(bytes_out)
+            tally.upstream.observe(upstream_seconds)
+        tally.bytes_in += bytes_in
+        tally.bytes_out += bytes_out
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""
@@ -158,6 +131,48 @@ class WithoutCreated:
             if family.type in ("counter", "histogram", "summary"):
                 family.samples = [s for s in family.samples if not s.name.endswith("_created")]
             yield family
+
+
+class RequestCollector(Collector):
+    """`FrontMetrics`' tallies as Prometheus metric families, at scrape time."""
+
+    def __init__(self, metrics: FrontMetrics):
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        metrics = self.metrics
+        requests = CounterMetricFamily(
+            f"{PREFIX}_requests", "Requests answered by the front, by method, route and status code.", labels=["method", "route", "status"]
+        )
+        for (method, route, status), count in metrics.requests.items():
+            requests.add_metric([method, route, str(status)], count)
+        yield requests
+        duration = HistogramMetricFamily(
+            f"{PREFIX}_request_duration_seconds",
+            "Time from a request's arrival to the last byte of its answer, by route.",
+            labels=["route"],
+        )
+        upstream = HistogramMetricFamily(
+            f"{PREFIX}_upstream_duration_seconds",
+            "Time from sending a request to MLflow until MLflow's response headers arrive, by route.",
+            labels=["route"],
+        )
+        bytes_in = CounterMetricFamily(f"{PREFIX}_request_bytes", "Request body bytes received from clients, by route.", labels=["route"])
+        bytes_out = CounterMetricFamily(
+            f"{PREFIX}_response_bytes", "Response body bytes sent to clients (as sent, compressed or not), by route.", labels=["route"]
+        )
+        for route, tally in metrics.routes.items():
+            duration.add_metric([route], tally.duration.cumulative(), tally.duration.sum)
+            upstream.add_metric([route], tally.upstream.cumulative(), tally.upstream.sum)
+            bytes_in.add_metric([route], tally.bytes_in)
+            bytes_out.add_metric([route], tally.bytes_out)
+        yield duration
+        yield upstream
+        yield GaugeMetricFamily(
+            f"{PREFIX}_requests_in_flight", "Requests being served now (scrapes of /metrics not included).", value=metrics.in_flight
+        )
+        yield bytes_in
+        yield bytes_out
 
 
 class UpstreamCollector(Collector):

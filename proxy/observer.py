@@ -19,12 +19,12 @@ class RequestObserver:
 
     def started(self, exchange: Exchange) -> None:
         if exchange.path != METRICS_PATH:  # a scrape would always see itself
-            self.metrics.in_flight.inc()
+            self.metrics.in_flight += 1
 
     def finished(self, exchange: Exchange) -> None:
         metrics = self.metrics
         if exchange.path != METRICS_PATH:
-            metrics.in_flight.dec()
+            metrics.in_flight -= 1
         status = exchange.status or 500
         metrics.observe(
             exchange.method,
