@@ -8,7 +8,6 @@ import ctypes
 import logging
 import os
 import re
-import shlex
 import signal
 import stat
 import sys
@@ -20,6 +19,7 @@ import httpx
 
 from launcher.databricks import child_app_arguments, child_artifacts_destination, uses_workspace, workspace_environment
 from launcher.logs import CHILD_LOGGER
+from launcher.mlflow_asgi import mlflow_server_command, parse_arguments
 from launcher.settings import Settings
 
 log = logging.getLogger("mlflow_app.launcher")
@@ -86,31 +86,36 @@ def child_address(settings: Settings, private_dir: Path | None, free_port: Calla
     return ChildAddress(port=settings.mlflow_port or free_port())
 
 
+def runs_in_one_process(settings: Settings) -> bool:
+    """Whether MLflow runs as one process (launcher/mlflow_asgi.py) rather than `mlflow server` and its uvicorn child.
+
+    Not with more than one worker (uvicorn's process manager) or with the job runner (which the CLI
+    starts beside uvicorn); launcher/mlflow_asgi.py itself runs `mlflow server` for an MLflow
+    version it does not mirror.
+    """
+    return settings.workers == 1 and not settings.job_execution
+
+
 def mlflow_command(settings: Settings, port: int | None, unix_socket: str | None = None) -> list[str]:
-    """`python -m mlflow server ...` from this environment, on `unix_socket` if given, else on 127.0.0.1:`port`."""
-    if unix_socket:
-        # uvicorn binds --uds and ignores the --host/--port MLflow's CLI still appends (their
-        # defaults). Only our front can reach the socket, and it sends X-Forwarded-For itself, so
-        # uvicorn may trust it: the peer of a Unix socket has no address, and without a trusted
-        # X-Forwarded-For MLflow would see no client (its assistant then treats every caller as remote).
-        address = ["--uvicorn-opts", f"--uds {shlex.quote(unix_socket)} --forwarded-allow-ips '*'"]
-    else:
-        address = ["--host", "127.0.0.1", "--port", str(port)]
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        *address,
-        "--workers", str(settings.workers),
-        "--backend-store-uri", settings.effective_backend_store_uri,
-    ]  # fmt: skip
+    """MLflow's server from this environment, on `unix_socket` if given, else on 127.0.0.1:`port`.
+
+    `python -m launcher.mlflow_asgi` when it can run in one process, else `python -m mlflow
+    server` with the same options.
+    """
+    address = ["--uds", unix_socket] if unix_socket else ["--host", "127.0.0.1", "--port", str(port)]
+    options = [*address, "--workers", str(settings.workers), "--backend-store-uri", settings.effective_backend_store_uri]
     if settings.registry_store_uri:
-        command += ["--registry-store-uri", settings.registry_store_uri]
+        options += ["--registry-store-uri", settings.registry_store_uri]
     if settings.default_artifact_root:
-        command += ["--default-artifact-root", settings.default_artifact_root]
+        options += ["--default-artifact-root", settings.default_artifact_root]
     if settings.serve_artifacts:
-        command += ["--serve-artifacts", "--artifacts-destination", child_artifacts_destination(settings)]
+        options += ["--serve-artifacts", "--artifacts-destination", child_artifacts_destination(settings)]
     else:
-        command += ["--no-serve-artifacts"]
-    return command + child_app_arguments(settings)
+        options += ["--no-serve-artifacts"]
+    options += child_app_arguments(settings)
+    if runs_in_one_process(settings):
+        return [sys.executable, "-m", "launcher.mlflow_asgi", *options]
+    return mlflow_server_command(parse_arguments(options))
 
 
 def mlflow_environment(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import shlex
@@ -47,8 +48,15 @@ def value_of(command: list[str], flag: str) -> str:
 # --- mlflow_command ----------------------------------------------------------------------------
 
 
-def test_command_runs_this_environments_mlflow_server(tmp_path):
+def test_command_runs_mlflow_in_one_process_with_one_worker_and_no_job_runner(tmp_path):
     command = mlflow_command(Settings(data_dir=tmp_path), 5123)
+    assert command[:3] == [sys.executable, "-m", "launcher.mlflow_asgi"]
+    assert value_of(command, "--port") == "5123"
+
+
+@pytest.mark.parametrize("settings", [Settings(workers=2), Settings(job_execution=True)])
+def test_command_runs_this_environments_mlflow_server_for_more(tmp_path, settings):
+    command = mlflow_command(dataclasses.replace(settings, data_dir=tmp_path), 5123)
     assert command[:4] == [sys.executable, "-m", "mlflow", "server"]
     assert value_of(command, "--port") == "5123"
 
@@ -102,8 +110,18 @@ def test_command_no_serve_artifacts(tmp_path):
 
 
 def test_command_on_a_unix_socket_binds_it_and_no_port(tmp_path):
-    path = str(tmp_path / "private dir" / "mlflow.sock")  # a space: the options are split with shlex
+    path = str(tmp_path / "private dir" / "mlflow.sock")
+    command = mlflow_command(Settings(data_dir=tmp_path), None, path)
+    assert command[1:3] == ["-m", "launcher.mlflow_asgi"]
+    assert "--port" not in command and "--host" not in command
+    assert value_of(command, "--uds") == path
+    assert value_of(command, "--backend-store-uri") == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+
+
+def test_mlflow_servers_command_on_a_unix_socket_binds_it_and_no_port(tmp_path):
+    path = str(tmp_path / "private dir" / "mlflow.sock")  # a space: MLflow splits the options with shlex
     command = mlflow_command(Settings(data_dir=tmp_path, workers=2), None, path)
+    assert command[1:4] == ["-m", "mlflow", "server"]
     assert "--port" not in command and "--host" not in command
     assert shlex.split(value_of(command, "--uvicorn-opts")) == ["--uds", path, "--forwarded-allow-ips", "*"]
     assert value_of(command, "--workers") == "2"
