@@ -11,6 +11,7 @@ import click
 
 from launcher.databricks import default_backend_store_uri, default_log_format, default_registry_store_uri
 from launcher.settings import MLFLOW_UNIX_SOCKET_DEFAULT, Settings, SettingsError, default_host, split_list, validate
+from proxy.compression import DEFAULT_MIN_BYTES
 from proxy.edge_policy import DEFAULT_ALLOWED_HOSTS
 
 
@@ -69,6 +70,11 @@ def main() -> None:
 @click.option("--upstream-timeout", show_envvar=True, envvar="MLFLOW_APP_UPSTREAM_TIMEOUT", type=float, default=60.0, show_default=True,
               help="Seconds to wait for MLflow to start answering (and between bytes of a transfer) before the client "
                    "gets 504.")
+@click.option("--compress-responses/--no-compress-responses", show_envvar=True, envvar="MLFLOW_APP_COMPRESS_RESPONSES", default=True, show_default=True,
+              help="Compress MLflow's large JSON answers (runs/search, metric history, ...) with brotli or gzip for clients "
+                   "that accept it; never artifacts, event streams or answers already encoded (docs/benchmarks.md).")
+@click.option("--compress-min-bytes", show_envvar=True, envvar="MLFLOW_APP_COMPRESS_MIN_BYTES", type=click.IntRange(min=0), default=DEFAULT_MIN_BYTES, show_default=True,
+              help="Smallest JSON answer, in bytes, that is compressed; smaller ones go out as MLflow sent them.")
 @click.option("--mlflow-start-timeout", show_envvar=True, envvar="MLFLOW_APP_MLFLOW_START_TIMEOUT", type=float, default=300.0, show_default=True,
               help="Seconds MLflow may take to become ready (migrations included) before it is restarted.")
 @click.option("--drain-seconds", show_envvar=True, envvar="MLFLOW_APP_DRAIN_SECONDS", type=float, default=8.0, show_default=True,

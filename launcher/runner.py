@@ -21,6 +21,7 @@ from launcher.settings import Settings, SettingsError
 from launcher.supervisor import LivenessProbe, Supervisor
 from proxy.app import FrontConfig, create_app
 from proxy.assets import UiAssets, UiAssetsMissing
+from proxy.compression import ResponseCompression
 from proxy.edge_policy import EdgePolicy
 from proxy.redaction import Redactor
 from proxy.upstream import UpstreamState
@@ -123,6 +124,7 @@ async def run_front_and_mlflow(
     front = create_app(
         FrontConfig(
             upstream_timeout_seconds=settings.upstream_timeout,
+            compression=ResponseCompression(min_bytes=settings.compress_min_bytes, enabled=settings.compress_responses),
             edge_policy=EdgePolicy(settings.allowed_hosts, settings.cors_allowed_origins),
             auth_token=settings.auth_token,
         ),

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from proxy.compression import DEFAULT_MIN_BYTES
 from proxy.edge_policy import DEFAULT_ALLOWED_HOSTS
 from proxy.redaction import Redactor
 
@@ -54,6 +55,8 @@ class Settings:
     upstream_timeout: float = 60.0
     mlflow_start_timeout: float = 300.0
     drain_seconds: float = 8.0
+    compress_responses: bool = True
+    compress_min_bytes: int = DEFAULT_MIN_BYTES
     mlflow_probe_interval: float = 10.0
     mlflow_probe_failures: int = 3
     allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS

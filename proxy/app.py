@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.assets import UiAssets
 from proxy.auth import CHALLENGE, UNAUTHENTICATED_MESSAGE, TokenCheck
+from proxy.compression import ResponseCompression
 from proxy.edge_policy import STATE_CHANGING_METHODS, EdgePolicy, OriginVerdict, RememberedVerdicts
 from proxy.errors import mlflow_error
 from proxy.exchange import Exchange
@@ -59,6 +60,7 @@ class FrontConfig:
     frame_options: str = "SAMEORIGIN"
     # When set, every request but /health needs it (proxy.auth); never printed, hence repr=False.
     auth_token: str | None = field(default=None, repr=False)
+    compression: ResponseCompression = field(default_factory=ResponseCompression)
 
 
 def create_app(config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics | None = None) -> Front:
@@ -71,7 +73,7 @@ class Front:
 
     def __init__(self, config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics):
         self.upstream = UpstreamClient(state)
-        self.forwarder = Forwarder(state, self.upstream, config.upstream_timeout_seconds)
+        self.forwarder = Forwarder(state, self.upstream, config.upstream_timeout_seconds, config.compression)
         self.metrics = metrics
         self.observer = RequestObserver(metrics)
         self.verdicts = RememberedVerdicts(config.edge_policy)

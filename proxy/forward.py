@@ -15,6 +15,7 @@ import time
 
 from starlette.types import Receive, Send
 
+from proxy.compression import ResponseCompression
 from proxy.exchange import Exchange
 from proxy.upstream import UpstreamState
 from proxy.upstream_client import (
@@ -86,7 +87,7 @@ class Forwarder:
         state: UpstreamState,
         client: UpstreamClient,
         timeout_seconds: float,
-        compression=None,
+        compression: ResponseCompression | None = None,
     ):
         self.state = state
         self.client = client
@@ -257,7 +258,7 @@ class Forwarder:
     async def _answer(self, exchange: Exchange, connection: UpstreamConnection, send: Send, receive: Receive) -> None:
         headers = self._response_headers(exchange, connection.headers)
         encoder = None
-        if self.compression is not None:
+        if self.compression is not None and self.compression.enabled:
             encoder = self.compression.encoder_for(
                 exchange.method, exchange.path, exchange.header(b"accept-encoding"), connection.status, headers
             )
@@ -269,7 +270,7 @@ class Forwarder:
             body = connection.take_body()
             self.client.release(connection)
             if encoder is not None:
-                body = encoder.compress(body) + encoder.finish()
+                body = encoder.finish(body)
                 headers.append((b"content-length", b"%d" % len(body)))
             elif not _has(headers, b"content-length") and exchange.method != "HEAD" and connection.status not in (204, 304):
                 headers.append((b"content-length", b"%d" % len(body)))

@@ -55,6 +55,17 @@ async def _read_body(receive) -> tuple[bytes, bool]:
             return bytes(body), False
 
 
+def json_body(kib: int) -> bytes:
+    """A JSON document of at least `kib` KiB, as repetitive as MLflow's run listings."""
+    runs = []
+    size = 0
+    while size < kib * 1024:
+        run = {"info": {"run_id": f"{len(runs):032x}", "status": "FINISHED"}, "data": {"params": [{"key": "lr", "value": "0.01"}]}}
+        runs.append(run)
+        size += len(json.dumps(run)) + 2
+    return json.dumps({"runs": runs}).encode()
+
+
 class FakeMlflow:
     """Raw ASGI stand-in for the MLflow child: echoes what reached it, plus a few special routes.
 
@@ -86,7 +97,10 @@ class FakeMlflow:
             "/hop-headers": self.hop_headers,
             "/download": self.download,
             "/gzipped": self.gzipped,
+            "/json": self.json_answer,
         }.get(scope["path"], self.echo)
+        if route == self.echo and b"kib=" in scope["query_string"]:
+            route = self.json_answer  # any path (an artifact's, say) answering JSON of that size
         await route(scope, receive, send)
 
     async def echo(self, scope, receive, send) -> None:
@@ -177,6 +191,20 @@ class FakeMlflow:
     async def gzipped(self, scope, receive, send) -> None:
         headers = [(b"content-type", b"application/json"), (b"content-encoding", b"gzip")]
         await self._respond(send, 200, GZIPPED_JSON, headers)
+
+    async def json_answer(self, scope, receive, send) -> None:
+        """`?kib=N`: a JSON answer of about N KiB (runs as MLflow lists them), with a Content-Length, or
+        with `&stream=1` in 64 KiB parts without one; `&type=` another content type."""
+        query = parse_qs(scope["query_string"].decode())
+        body = json_body(int(query.get("kib", ["64"])[0]))
+        content_type = query.get("type", ["application/json"])[0].encode()
+        if "stream" not in query:
+            await self._respond(send, 200, body, [(b"content-type", content_type)])
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]})
+        for start in range(0, len(body), 65536):
+            await send({"type": "http.response.body", "body": body[start : start + 65536], "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
 
     async def download(self, scope, receive, send) -> None:
         """`?mib=N` MiB generated on the fly; stops early (and records it) when the caller hangs up."""
