@@ -111,7 +111,7 @@ def param_value(rng: random.Random, name: str) -> str:
 
 def fill_store(tracking_uri: str, artifact_root: str) -> dict:
     """The data the answers are made of; returns the ids the requests name."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
     rng = random.Random(20261128)

@@ -102,7 +102,10 @@ class BatchedStreamHandler(logging.StreamHandler):
             time.sleep(self.flush_every)
             if self._pending:
                 self._pending = False
-                self.flush()
+                try:
+                    self.flush()
+                except (ValueError, OSError):
+                    return  # the stream was closed under us (interpreter exit, a test's capture)
 
 
 def configure_logging(log_format: str, level: str, redact: Redactor, mlflow_level: str | None = None) -> None:

@@ -25,9 +25,8 @@ ARTIFACT_SCHEMES = frozenset(
 
 
 # MLflow on a Unix socket in the launcher's private directory (launcher/mlflow_process.py,
-# child_address) instead of a loopback port. The one line to flip once the front's upstream client
-# connects to UpstreamState.unix_socket; the CLI's default reads it too.
-MLFLOW_UNIX_SOCKET_DEFAULT = False
+# child_address) instead of a loopback port; the CLI's default reads it too.
+MLFLOW_UNIX_SOCKET_DEFAULT = True
 
 
 class SettingsError(ValueError):

@@ -24,7 +24,6 @@ from proxy.upstream_client import (
     UpstreamConnection,
     UpstreamError,
     UpstreamTimeout,
-    UpstreamUnreachable,
 )
 
 log = logging.getLogger("mlflow_app.proxy")

@@ -86,6 +86,41 @@ class AppProcess:
     def mlflow_pids(self) -> list[int]:
         return [p.pid for p in self.tree()[1:]]
 
+    def mlflow_listening(self) -> tuple[set[int], set[str]]:
+        """The TCP ports and Unix socket paths MLflow's processes (not the front) listen on."""
+        ports: set[int] = set()
+        sockets: set[str] = set()
+        for pid in self.mlflow_pids():
+            try:
+                connections = psutil.Process(pid).net_connections(kind="all")
+            except psutil.NoSuchProcess:
+                continue
+            for connection in connections:
+                if connection.family == socket.AF_UNIX and connection.laddr:
+                    sockets.add(connection.laddr)
+                elif connection.status == psutil.CONN_LISTEN:
+                    ports.add(connection.laddr.port)
+        return ports, sockets
+
+    def mlflow_client(self, **options) -> httpx.Client:
+        """An HTTP client that reaches MLflow directly, around the front (on its socket or port)."""
+        ports, sockets = self.mlflow_listening()
+        if sockets:
+            return httpx.Client(base_url="http://localhost", transport=httpx.HTTPTransport(uds=min(sockets)), **options)
+        if ports:
+            return httpx.Client(base_url=f"http://127.0.0.1:{min(ports)}", **options)
+        raise AssertionError("MLflow is not listening")
+
+    def upstream_connections(self) -> int:
+        """Connections the front holds open to MLflow (its pool)."""
+        ports, sockets = self.mlflow_listening()
+        front = psutil.Process(self.process.pid)
+        if sockets:
+            # A client's end of a Unix socket has no path of its own: count the front's
+            # connected Unix sockets (its event loop's own pair is in the baseline too).
+            return sum(1 for c in front.net_connections(kind="unix") if c.status == psutil.CONN_NONE or not c.laddr)
+        return sum(1 for c in front.net_connections(kind="tcp") if c.raddr and c.raddr.port in ports)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> float:
         """Send `sig`, wait for the front to exit; returns the seconds it took."""
         if not self.process or self.process.poll() is not None:

@@ -6,7 +6,6 @@ The app is started with the switch given explicitly, so these tests hold whichev
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 from pathlib import Path
@@ -67,11 +66,6 @@ def test_mlflow_listens_on_no_tcp_port_and_its_socket_is_ours_alone(app_on_socke
     assert directory.st_uid == os.getuid() == app_on_socket.tree()[0].uids().real
 
 
-@pytest.mark.xfail(
-    importlib.util.find_spec("proxy.upstream_client") is None,
-    reason="the front's httpx client ignores UpstreamState.unix_socket; passes once its own client (proxy/upstream_client.py) lands",
-    strict=True,
-)
 def test_requests_reach_mlflow_through_the_front(app_on_socket):
     created = httpx.post(f"{app_on_socket.url}/api/2.0/mlflow/experiments/create", json={"name": "over-the-socket"}, timeout=30)
     assert created.status_code == 200, created.text

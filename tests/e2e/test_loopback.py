@@ -1,4 +1,5 @@
-"""MLflow itself listens on loopback only: from this machine's other addresses its port is closed."""
+"""MLflow itself is out of other machines' reach: on its Unix socket (the default) it has no TCP port at
+all; on loopback TCP (--mlflow-port), its port is closed from this machine's other addresses."""
 
 from __future__ import annotations
 
@@ -8,19 +9,9 @@ import socket
 import psutil
 import pytest
 
+from tests.app_process import AppProcess, free_port
+
 pytestmark = pytest.mark.e2e
-
-
-def mlflow_listening_ports(app) -> set[int]:
-    """TCP ports the MLflow processes (not the front) are listening on."""
-    ports = set()
-    for pid in app.mlflow_pids():
-        try:
-            connections = psutil.Process(pid).net_connections(kind="inet")
-        except psutil.NoSuchProcess:
-            continue
-        ports.update(c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN)
-    return ports
 
 
 def other_addresses() -> list[tuple[int, str]]:
@@ -46,8 +37,24 @@ def connects(family: int, host: str, port: int) -> bool:
         return True
 
 
-def test_mlflow_is_reachable_on_loopback_only(app):
-    ports = mlflow_listening_ports(app)
+def test_mlflow_on_its_socket_listens_on_no_tcp_port(app):
+    ports, sockets = app.mlflow_listening()
+    assert sockets, "the MLflow child should listen on its Unix socket by default"
+    assert ports == set()
+
+
+@pytest.fixture(scope="module")
+def app_on_tcp(tmp_path_factory):
+    running = AppProcess(tmp_path_factory.mktemp("tcp-child"), "--mlflow-port", str(free_port())).start()
+    try:
+        yield running.wait_ready()
+    finally:
+        running.stop()
+
+
+def test_mlflow_on_tcp_is_reachable_on_loopback_only(app_on_tcp):
+    app = app_on_tcp
+    ports, _ = app.mlflow_listening()
     assert ports, "the MLflow child should be listening"
     assert app.port not in ports
     addresses = other_addresses()

@@ -63,27 +63,13 @@ def test_sigterm_lets_a_slow_upload_finish_then_stops_everything(tmp_path):
     assert [p.stat().st_size for p in stored] == [size]
 
 
-def mlflow_port(app: AppProcess) -> int:
-    for pid in app.mlflow_pids():
-        for conn in psutil.Process(pid).net_connections(kind="tcp"):
-            if conn.status == psutil.CONN_LISTEN:
-                return conn.laddr.port
-    raise AssertionError("MLflow is not listening")
-
-
-def upstream_connections(app: AppProcess, port: int) -> int:
-    front = psutil.Process(app.process.pid)
-    return sum(1 for c in front.net_connections(kind="tcp") if c.raddr and c.raddr.port == port)
-
-
 def test_clients_that_vanish_mid_transfer_leak_nothing(app):
-    port = mlflow_port(app)
     path = f"/api/2.0/mlflow-artifacts/artifacts/vanish-{uuid.uuid4().hex[:8]}/blob.bin"
     assert httpx.put(app.url + path, content=b"v" * (64 * MIB), timeout=60).status_code == 200
     for _ in range(3):  # warm the front's connection pool to MLflow
         httpx.get(app.url + "/api/2.0/mlflow/experiments/search?max_results=1")
     time.sleep(0.5)
-    baseline_connections = upstream_connections(app, port)
+    baseline_connections = app.upstream_connections()
     baseline_memory = psutil.Process(app.process.pid).memory_info().rss
 
     for _ in range(5):
@@ -96,7 +82,7 @@ def test_clients_that_vanish_mid_transfer_leak_nothing(app):
             )  # a quarter of the promised body, then hang up
 
     def settled() -> bool:
-        return upstream_connections(app, port) <= baseline_connections
+        return app.upstream_connections() <= baseline_connections
 
     app.wait_until(settled, 15, "upstream connections to return to their baseline")
     growth = (psutil.Process(app.process.pid).memory_info().rss - baseline_memory) / MIB
