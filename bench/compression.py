@@ -6,7 +6,7 @@
 Fills a temporary SQLite store through MlflowClient (1,000 runs with 20 params, 20 metrics and 5
 tags each; 300 experiments; 5 runs with 10,000 points of one metric; 100 logged models), asks
 MLflow's own Flask app (its real handlers) for the answers the UI and clients fetch, and
-compresses each body with the encoders of `proxy.compression`, fed 64 KiB chunks as the forwarder
+compresses each body with the encoders of `proxy.forwarding.compression`, fed 64 KiB chunks as the forwarder
 passes them on. For each large answer and codec: bytes out, CPU per answer (time.process_time
 over repeats, median of rounds), MB/s, the client's CPU to decompress, memory per response being
 compressed, how much input goes in before the first output, and the time saved delivering it
@@ -37,7 +37,7 @@ from pathlib import Path
 import brotli
 
 from bench.machine import load_average, machine
-from proxy.compression import BROTLI, GZIP, ResponseCompression, StreamEncoder, compressed_headers
+from proxy.forwarding.compression import BROTLI, GZIP, ResponseCompression, StreamEncoder, compressed_headers
 
 RESULTS = Path(__file__).with_name("results")
 API = "/api/2.0/mlflow"

@@ -27,8 +27,8 @@ import uvloop
 
 from bench.machine import load_average, machine
 from bench.servers import free_port, wait_for
+from proxy.forwarding.upstream_client import UpstreamClient
 from proxy.upstream import UpstreamPhase, UpstreamState
-from proxy.upstream_client import UpstreamClient
 
 RESULTS = Path(__file__).with_name("results")
 OBS_TEXT = b"\xff\xfe"

@@ -11,8 +11,8 @@ import click
 
 from launcher.databricks import default_backend_store_uri, default_log_format, default_registry_store_uri
 from launcher.settings import MLFLOW_UNIX_SOCKET_DEFAULT, Settings, SettingsError, default_host, split_list, validate
-from proxy.compression import DEFAULT_MIN_BYTES
-from proxy.edge_policy import DEFAULT_ALLOWED_HOSTS
+from proxy.edge.policy import DEFAULT_ALLOWED_HOSTS
+from proxy.forwarding.compression import DEFAULT_MIN_BYTES
 
 
 def default_port() -> int:
@@ -229,9 +229,9 @@ def deploy_command(app_name, volume, source_path, profile, dry_run, stage_dir, t
     when it does not exist, deploys a snapshot, waits, and prints the app's URL and log URL.
     """
     with deploy_errors(), contextlib.ExitStack() as stack:
+        from deploy.plan import check_app_name, describe_plan, volume_full_name
         from deploy.prepare import prepare_upload
         from deploy.render import parse_env_options
-        from deploy.plan import check_app_name, describe_plan, volume_full_name
 
         check_app_name(app_name)
         volume = volume_full_name(volume) if volume else None

@@ -21,8 +21,8 @@ from launcher.settings import Settings, SettingsError
 from launcher.supervisor import LivenessProbe, Supervisor
 from proxy.app import FrontConfig, create_app
 from proxy.assets import UiAssets, UiAssetsMissing
-from proxy.compression import ResponseCompression
-from proxy.edge_policy import EdgePolicy
+from proxy.edge.policy import EdgePolicy
+from proxy.forwarding.compression import ResponseCompression
 from proxy.redaction import Redactor
 from proxy.upstream import UpstreamState
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from proxy.compression import DEFAULT_MIN_BYTES
-from proxy.edge_policy import DEFAULT_ALLOWED_HOSTS
+from proxy.edge.policy import DEFAULT_ALLOWED_HOSTS
+from proxy.forwarding.compression import DEFAULT_MIN_BYTES
 from proxy.redaction import Redactor
 
 # Store URI schemes MLflow's server accepts (SQLAlchemy dialects may carry a driver: postgresql+psycopg).

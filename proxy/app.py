@@ -22,17 +22,17 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from proxy.assets import UiAssets
-from proxy.auth import CHALLENGE, UNAUTHENTICATED_MESSAGE, TokenCheck
-from proxy.compression import ResponseCompression
-from proxy.edge_policy import STATE_CHANGING_METHODS, EdgePolicy, OriginVerdict, RememberedVerdicts
+from proxy.edge.policy import STATE_CHANGING_METHODS, EdgePolicy, OriginVerdict, RememberedVerdicts
+from proxy.edge.token_check import CHALLENGE, UNAUTHENTICATED_MESSAGE, TokenCheck
 from proxy.errors import mlflow_error
 from proxy.exchange import Exchange
-from proxy.forward import Forwarder
+from proxy.forwarding.compression import ResponseCompression
+from proxy.forwarding.forwarder import Forwarder
+from proxy.forwarding.upstream_client import UpstreamClient
 from proxy.health import health_response
-from proxy.metrics import FrontMetrics
-from proxy.observer import RequestObserver
+from proxy.observation.metrics import FrontMetrics
+from proxy.observation.observer import RequestObserver
 from proxy.upstream import UpstreamState
-from proxy.upstream_client import UpstreamClient
 
 log = logging.getLogger("mlflow_app.front")
 
@@ -58,7 +58,7 @@ class FrontConfig:
     upstream_timeout_seconds: float = 60.0
     edge_policy: EdgePolicy = field(default_factory=EdgePolicy)
     frame_options: str = "SAMEORIGIN"
-    # When set, every request but /health needs it (proxy.auth); never printed, hence repr=False.
+    # When set, every request but /health needs it (proxy.edge.token_check); never printed, hence repr=False.
     auth_token: str | None = field(default=None, repr=False)
     compression: ResponseCompression = field(default_factory=ResponseCompression)
 

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 import launcher.runner
 from launcher.cli import main, serve
 from launcher.settings import Settings, SettingsError
-from proxy.edge_policy import DEFAULT_ALLOWED_HOSTS
+from proxy.edge.policy import DEFAULT_ALLOWED_HOSTS
 from tests.app_process import free_port
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "mlflow-app"

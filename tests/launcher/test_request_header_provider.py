@@ -21,6 +21,7 @@ from tests.launcher.fake_token import FAKE_TOKEN, FakeToken
 from tests.launcher.recording_server import RecordingServer
 from tests.standin.workspace import StandinWorkspace
 
+
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
     """No credentials of the machine's user: an empty home, no DATABRICKS_* or MLFLOW_TRACKING_* variables."""

@@ -1,7 +1,7 @@
 """`/metrics`: the front's requests, the MLflow child's state and the process, for Prometheus.
 
 `FrontMetrics` owns a registry of its own (never prometheus_client's global one), so each app
-built by `create_app` counts only its own requests. `proxy.observer` records every request into it;
+built by `create_app` counts only its own requests. `proxy.observation.observer` records every request into it;
 `UpstreamCollector` reads `UpstreamState` when Prometheus scrapes.
 """
 
@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from starlette.responses import Response
 
-from proxy.routes import RouteLabels
+from proxy.observation.routes import RouteLabels
 from proxy.upstream import UpstreamPhase, UpstreamState
 
 PREFIX = "mlflow_app"

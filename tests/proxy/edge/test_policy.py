@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.edge_policy import EdgePolicy, OriginVerdict, normalise_authority, split_host
+from proxy.edge.policy import EdgePolicy, OriginVerdict, normalise_authority, split_host
 
 DEFAULT = EdgePolicy()
 

@@ -10,9 +10,9 @@ import time
 import httpx
 import pytest
 
-from proxy.assets import UiAssets
 from proxy.app import FrontConfig, create_app
-from proxy.request_log import request_id_from
+from proxy.assets import UiAssets
+from proxy.observation.request_log import request_id_from
 from proxy.upstream import UpstreamPhase, UpstreamState
 from tests.proxy.conftest import INDEX_HTML, SSE_GAP_SECONDS
 

@@ -1,4 +1,4 @@
-"""proxy/compression.py: which answers are compressed, with which coding, and what comes out."""
+"""proxy/forwarding/compression.py: which answers are compressed, with which coding, and what comes out."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.compression import (
+from proxy.forwarding.compression import (
     BROTLI,
     DEFAULT_MIN_BYTES,
     GZIP,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from proxy.exchange import Exchange
-from proxy.metrics import FrontMetrics
-from proxy.request_log import log_request
+from proxy.observation.metrics import FrontMetrics
+from proxy.observation.request_log import log_request
 
 METRICS_PATH = "/metrics"
 # Answers of the front's own refusals (no credentials, foreign Host or Origin): never a new route.

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from proxy.routes import MAX_TEMPLATES, OTHER, RouteLabels, route_template
+from proxy.observation.routes import MAX_TEMPLATES, OTHER, RouteLabels, route_template
 
 RUN_ID = uuid.uuid4().hex
 TRACE_ID = "tr-" + uuid.uuid4().hex

@@ -15,16 +15,16 @@ import time
 
 from starlette.types import Receive, Send
 
-from proxy.compression import ResponseCompression
 from proxy.exchange import Exchange
-from proxy.upstream import UpstreamState
-from proxy.upstream_client import (
+from proxy.forwarding.compression import ResponseCompression
+from proxy.forwarding.upstream_client import (
     UpstreamClient,
     UpstreamClosed,
     UpstreamConnection,
     UpstreamError,
     UpstreamTimeout,
 )
+from proxy.upstream import UpstreamState
 
 log = logging.getLogger("mlflow_app.proxy")
 

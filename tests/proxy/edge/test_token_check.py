@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from proxy.app import FrontConfig
-from proxy.auth import TokenCheck, credential_from
+from proxy.edge.token_check import TokenCheck, credential_from
 from proxy.upstream import UpstreamPhase
 from tests.proxy.conftest import UPSTREAM_TIMEOUT
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from proxy.app import FrontConfig
-from proxy.compression import ResponseCompression
+from proxy.forwarding.compression import ResponseCompression
 from tests.proxy.conftest import UPSTREAM_TIMEOUT, json_body
 
 BROWSER = "gzip, deflate, br, zstd"

@@ -17,13 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.app import FrontConfig, create_app
 from proxy.assets import UiAssets
 from proxy.exchange import Exchange
-from proxy.metrics import FrontMetrics
-from proxy.observer import RequestObserver
-from proxy.routes import RouteLabels
+from proxy.observation.metrics import FrontMetrics
+from proxy.observation.observer import RequestObserver
+from proxy.observation.routes import RouteLabels
 from proxy.upstream import UpstreamPhase, UpstreamState
 from tests.proxy.conftest import SSE_GAP_SECONDS, run_front
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 RUNS_GET = "/api/2.0/mlflow/runs/get"
 LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
 ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts/{path}"

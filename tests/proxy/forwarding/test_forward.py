@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from proxy.app import FrontConfig
-from proxy.edge_policy import EdgePolicy
+from proxy.edge.policy import EdgePolicy
 from proxy.upstream import UpstreamPhase
 from tests.proxy.conftest import DOWNLOAD_CHUNK, GZIPPED_JSON, SSE_GAP_SECONDS, UPSTREAM_TIMEOUT, closed_port
 
