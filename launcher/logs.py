@@ -26,38 +26,65 @@ def source_of(record: logging.LogRecord) -> str:
     return "mlflow" if record.name == CHILD_LOGGER else "front"
 
 
+# One encoder for every line: json.dumps builds a new one per call when given any option.
+JSON_LINE = json.JSONEncoder(ensure_ascii=False)
+# Request fields that cannot carry a secret: the method (an HTTP token the parser checked) and the
+# peer's address. Every other string is masked like the message.
+UNREDACTED_FIELDS = frozenset({"method", "client"})
+
+
+class SecondStamp:
+    """`time.strftime` of a record's second, made once per second rather than once per line."""
+
+    def __init__(self, pattern: str, convert) -> None:
+        self.pattern = pattern
+        self.convert = convert
+        self._second = -1
+        self._stamp = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._stamp = time.strftime(self.pattern, self.convert(second))
+            self._second = second
+        return self._stamp
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, redact: Redactor):
         super().__init__()
         self.redact = redact
+        self.stamp = SecondStamp("%Y-%m-%dT%H:%M:%S", time.gmtime)
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": f"{self.stamp(record.created)}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "source": source_of(record),
             "logger": record.name,
             "message": self.redact(record.getMessage()),
         }
         for key, value in getattr(record, "fields", {}).items():
-            entry[key] = self.redact(value) if isinstance(value, str) else value
+            entry[key] = self.redact(value) if isinstance(value, str) and key not in UNREDACTED_FIELDS else value
         if record.exc_info:
             entry["error"] = self.redact(f"{record.exc_info[0].__name__}: {record.exc_info[1]}")
-        return json.dumps(entry, ensure_ascii=False)
+        return JSON_LINE.encode(entry)
 
 
 class TextFormatter(logging.Formatter):
     def __init__(self, redact: Redactor):
         super().__init__()
         self.redact = redact
+        self.stamp = SecondStamp("%H:%M:%S", time.localtime)
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        stamp = self.stamp(record.created)
         fields = getattr(record, "fields", None)
         if fields and record.name == "mlflow_app.request":
-            message = "{method} {path} {status} {duration_ms}ms in={bytes_in} out={bytes_out} id={request_id}".format(**fields)
-            if fields.get("user"):
-                message += f" user={fields['user']}"
+            f = fields
+            message = f"{f['method']} {f['path']} {f['status']} {f['duration_ms']}ms in={f['bytes_in']} out={f['bytes_out']} id={f['request_id']}"
+            if f.get("user"):
+                message += f" user={f['user']}"
         else:
             message = record.getMessage()
         if record.exc_info:

@@ -26,6 +26,6 @@ def log_request(exchange: Exchange) -> None:
         "user": exchange.user,
         "client": exchange.client_host,
     }
-    # The record made directly: Logger.info would also look up the caller's file and line in the
-    # stack on every request, for a line that never shows them.
-    log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "request", (), None, extra={"fields": fields}))
+    # The record made directly, with no source file: Logger.info would look up the caller's file
+    # and line in the stack on every request, for a line that never shows them.
+    log.handle(log.makeRecord(log.name, logging.INFO, "", 0, "request", (), None, extra={"fields": fields}))
