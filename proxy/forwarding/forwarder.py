@@ -55,6 +55,7 @@ REPLACED_ON_REQUEST = HOP_BY_HOP | {
 }
 # The front's own server stamps Date; MLflow's would make a second one.
 REPLACED_ON_RESPONSE = HOP_BY_HOP | {b"date"}
+TRAILING_WHITESPACE = (b" ", b"\t")
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 # Chunked uploads are spooled to learn their length (MLflow's Flask handlers read a chunked body
@@ -184,11 +185,10 @@ class Forwarder:
             target += b"?" + scope["query_string"]
         parts = [exchange.method.encode(), b" ", target, b" HTTP/1.1\r\nhost: ", self.client.host_header(), b"\r\n"]
         for name, value in raw_headers:
-            if name in skip:
-                continue
-            if value[-1:] in (b" ", b"\t"):
-                value = value.rstrip(b" \t")  # RFC 9110 §5.5: not part of the value
-            parts += (name, b": ", value, b"\r\n")
+            if name not in skip:
+                if value.endswith(TRAILING_WHITESPACE):
+                    value = value.rstrip(b" \t")  # RFC 9110 §5.5: not part of the value
+                parts += (name, b": ", value, b"\r\n")
         chain = exchange.lists.get(b"x-forwarded-for")
         peer = (exchange.client_host or "unknown").encode()
         parts += (b"x-forwarded-for: ", b", ".join((*chain, peer)) if chain else peer, b"\r\n")
@@ -255,7 +255,7 @@ class Forwarder:
     # --- the answer ----------------------------------------------------------------------------
 
     async def _answer(self, exchange: Exchange, connection: UpstreamConnection, send: Send, receive: Receive) -> None:
-        headers = self._response_headers(exchange, connection.headers)
+        headers, has_length = self._response_headers(exchange, connection)
         encoder = None
         if self.compression is not None and self.compression.enabled:
             encoder = self.compression.encoder_for(
@@ -271,7 +271,7 @@ class Forwarder:
             if encoder is not None:
                 body = encoder.finish(body)
                 headers.append((b"content-length", b"%d" % len(body)))
-            elif not _has(headers, b"content-length") and exchange.method != "HEAD" and connection.status not in (204, 304):
+            elif not has_length and exchange.method != "HEAD" and connection.status not in (204, 304):
                 headers.append((b"content-length", b"%d" % len(body)))
             await send({"type": "http.response.start", "status": connection.status, "headers": headers})
             exchange.bytes_out += len(body)
@@ -319,21 +319,18 @@ class Forwarder:
         exchange.bytes_out += len(tail)
         await send({"type": "http.response.body", "body": tail})
 
-    def _response_headers(self, exchange: Exchange, raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """MLflow's end-to-end headers, its internal address in a redirect turned into the public one."""
-        skip = REPLACED_ON_RESPONSE
-        for name, _ in raw:
-            if name == b"connection":
-                skip = connection_scoped(raw, skip)
-                break
+    def _response_headers(self, exchange: Exchange, connection: UpstreamConnection) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """MLflow's end-to-end headers, its internal address in a redirect turned into the public
+        one; and whether they carry a Content-Length."""
+        raw = connection.headers
+        skip = connection_scoped(raw, REPLACED_ON_RESPONSE) if connection.names_connection else REPLACED_ON_RESPONSE
         headers = []
         for name, value in raw:
-            if name in skip:
-                continue
-            if name == b"location":
-                value = public_location(value, self.state.base_url.encode("latin-1"), exchange)
-            headers.append((name, value))
-        return headers
+            if name not in skip:
+                if name == b"location":
+                    value = public_location(value, self.state.base_url.encode("latin-1"), exchange)
+                headers.append((name, value))
+        return headers, connection.has_length
 
     # --- refusals ------------------------------------------------------------------------------
 
@@ -345,10 +342,6 @@ class Forwarder:
 async def _wait_for_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-def _has(headers: list[tuple[bytes, bytes]], name: bytes) -> bool:
-    return any(key == name for key, _ in headers)
 
 
 def public_location(location: bytes, internal_origin: bytes, exchange: Exchange) -> bytes:

@@ -25,6 +25,7 @@ IDLE_REUSE_SECONDS = 4.0
 MAX_IDLE_CONNECTIONS = 64
 MAX_CONNECTIONS = 512
 CONNECT_TIMEOUT_SECONDS = 5.0
+_FRAMING_OR_CONNECTION = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 
 class UpstreamError(Exception):
@@ -75,6 +76,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._buffered = 0
         self._reading_paused = False
         self._framed = False  # Content-Length or chunked; else the body ends when MLflow closes
+        self.has_length = False  # a Content-Length header came
+        self.names_connection = False  # a Connection header came (it may list more hop-by-hop names)
 
     # --- asyncio.Protocol --------------------------------------------------------------------
 
@@ -110,8 +113,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
-        if name == b"content-length" or (name == b"transfer-encoding" and value.lower().endswith(b"chunked")):
-            self._framed = True
+        if name in _FRAMING_OR_CONNECTION:
+            if name == b"content-length":
+                self._framed = self.has_length = True
+            elif name == b"connection":
+                self.names_connection = True
+            elif value.lower().endswith(b"chunked"):
+                self._framed = True
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -119,7 +127,7 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200:
             self._interim = True  # 100 Continue and the like: wait for the real answer
             self.headers = []
-            self._framed = False
+            self._framed = self.has_length = self.names_connection = False
             return
         self.status = status
         self.head_done = True
@@ -243,9 +251,13 @@ class UpstreamClient:
     """Connections to the MLflow child, at `state.base_url` or over `state.unix_socket`."""
 
     def __init__(self, state, max_connections: int = MAX_CONNECTIONS):
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self.state = state
         self._idle: list[UpstreamConnection] = []
-        self._slots = asyncio.BoundedSemaphore(max_connections) if max_connections else None
+        self.max_connections = max_connections
+        self._in_use = 0  # connections handed out and not yet released or discarded
+        self._slot_waiters: deque[asyncio.Future] = deque()
         self._address_of: str | None = None
         self._address: tuple[str, int] = ("127.0.0.1", 0)
         self._host_header = b""
@@ -267,21 +279,17 @@ class UpstreamClient:
     async def connect(self, timeout: float) -> UpstreamConnection:
         """A connection ready for a request: the most recently idle one, else a new one."""
         self._refresh_address()
-        if self._slots is not None:
-            if self._slots.locked():
-                try:
-                    await asyncio.wait_for(self._slots.acquire(), timeout)
-                except asyncio.TimeoutError:
-                    raise UpstreamTimeout() from None
-            else:
-                await self._slots.acquire()  # free: returns without waiting
+        if self._in_use >= self.max_connections:
+            await self._wait_for_slot(timeout)
+        self._in_use += 1
         try:
-            return await self._pooled_or_new()
+            return self._take_idle() or await self._open()
         except BaseException:
             self._release_slot()
             raise
 
-    async def _pooled_or_new(self) -> UpstreamConnection:
+    def _take_idle(self) -> UpstreamConnection | None:
+        """The most recently used idle connection still fresh, closing any stale ones above it."""
         idle = self._idle
         if idle:
             fresh_after = time.monotonic() - IDLE_REUSE_SECONDS
@@ -291,6 +299,9 @@ class UpstreamClient:
                     connection.reused = True
                     return connection
                 connection.abort()
+        return None
+
+    async def _open(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         socket_path = self.state.unix_socket
         try:
@@ -320,8 +331,28 @@ class UpstreamClient:
         connection.abort()
 
     def _release_slot(self) -> None:
-        if self._slots is not None:
-            self._slots.release()
+        self._in_use -= 1
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _wait_for_slot(self, timeout: float) -> None:
+        """Every connection is in use: wait for one to come back (a counter and a queue rather than
+        asyncio.Semaphore, whose acquire is a coroutine even when a slot is free)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._in_use >= self.max_connections:
+            waiter = loop.create_future()
+            self._slot_waiters.append(waiter)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise UpstreamTimeout()
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except asyncio.TimeoutError:
+                raise UpstreamTimeout() from None
 
     def close_idle(self) -> None:
         while self._idle:
