@@ -3,7 +3,14 @@
 uvicorn puts no limit on a request's line or headers, nor on how long they may take to arrive: one
 client could make the front buffer megabytes of headers (and hand them all to MLflow), or hold
 connections open by sending a byte a minute. These bounds refuse such requests before any
-routing, with a 414, 431 or 408 in MLflow's error shape.
+routing, with a 414, 431 or 408 in MLflow's error shape. And uvicorn writes a response's head
+and its body in two system calls; `HeldWrites` makes them one.
+
+The one module that touches uvicorn's internals (uvicorn.protocols.http.httptools_impl): it
+subclasses HttpToolsProtocol and relies on its parser callbacks, `self.url`, `self.headers`,
+`self.cycle` (and the cycle's `transport` and `response_complete`), `self.transport`,
+`self.loop`, `self.server_state.default_headers` and `send_400_response`, as in uvicorn 0.54;
+tests/launcher/test_http_protocol.py holds it to them.
 """
 
 from __future__ import annotations
@@ -93,6 +100,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refusal = (431, f"The request's headers exceed {self.max_head_bytes} bytes.")
             raise HeadRefused
         super().on_headers_complete()
+        # The cycle uvicorn just made writes through this: a response's head and body in one send.
+        self.cycle.transport = HeldWrites(self.transport, self.loop)
 
     def _unsupported_upgrade_warning(self) -> None:
         # uvicorn's warning advises installing a WebSocket library; the front has none on purpose
@@ -101,8 +110,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     # --- refusals ----------------------------------------------------------------------------
 
+    def shutdown(self) -> None:
+        self._flush_held()  # uvicorn may close an idle connection now: what is held goes first
+        super().shutdown()
+
+    def _flush_held(self) -> None:
+        if self.cycle is not None and isinstance(self.cycle.transport, HeldWrites):
+            self.cycle.transport.flush()
+
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request its parser rejects, and ours to one over a limit: JSON."""
+        self._flush_held()  # an answer still held for the request before this one goes first
         status, message = self._refusal or (400, "Invalid HTTP request: the front could not parse it.")
         self._refusal = None
         if status != 400:
@@ -145,3 +163,45 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return  # this head began after the timer was set: it has until its own deadline
         self._refusal = (408, f"The request's headers did not arrive within {self.head_timeout_seconds:g} s.")
         self.send_400_response("")
+
+
+HELD_WRITE_LIMIT_BYTES = 64 * 1024
+
+
+class HeldWrites:
+    """The transport as one request's response sees it: writes wait for the event loop's next turn
+    (or 64 KiB), so the status line and headers uvicorn writes at `http.response.start` leave in one
+    system call, and one packet, with a body sent right after them. Closing writes what is held first."""
+
+    __slots__ = ("transport", "loop", "held", "held_bytes")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self.transport = transport
+        self.loop = loop
+        self.held: list[bytes] | None = None
+        self.held_bytes = 0
+
+    def write(self, data: bytes) -> None:
+        if self.held is None:
+            self.held = [data]
+            self.held_bytes = len(data)
+            self.loop.call_soon(self.flush)
+        else:
+            self.held.append(data)
+            self.held_bytes += len(data)
+        if self.held_bytes > HELD_WRITE_LIMIT_BYTES:
+            self.flush()  # streaming: hold nothing back from flow control
+
+    def flush(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            if not self.transport.is_closing():
+                self.transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()

@@ -97,38 +97,46 @@ FLUSH_EVERY_SECONDS = 0.2
 
 
 class BatchedStreamHandler(logging.StreamHandler):
-    """A StreamHandler that does not flush after every line: INFO lines (one per request) are
-    written out by a background thread at most `FLUSH_EVERY_SECONDS` later, in one write, as
-    nginx buffers its access log; a WARNING or worse is flushed at once. (A flush per line was a
-    system call per request.)"""
+    """A StreamHandler that gathers INFO lines (one per request) and writes them in one go at most
+    `FLUSH_EVERY_SECONDS` later, from a background thread, as nginx buffers its access log; a
+    WARNING or worse goes out at once, with whatever waits before it. The lines wait in the handler,
+    not in the stream, so an unbuffered stdout (PYTHONUNBUFFERED, as in our image) does not turn
+    them back into a system call per request."""
 
-    def __init__(self, stream=None, flush_every: float = FLUSH_EVERY_SECONDS):
+    def __init__(self, stream=None, flush_every: float = FLUSH_EVERY_SECONDS, max_waiting: int = 512):
         super().__init__(stream)
         self.flush_every = flush_every
-        self._pending = False
+        self.max_waiting = max_waiting
+        self._waiting: list[str] = []
         self._flusher: threading.Thread | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.stream.write(self.format(record) + self.terminator)
+            line = self.format(record) + self.terminator
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
             return
-        if record.levelno >= logging.WARNING:
+        self._waiting.append(line)  # Handler.handle holds the lock
+        if record.levelno >= logging.WARNING or len(self._waiting) >= self.max_waiting:
             self.flush()
-            return
-        self._pending = True
-        if self._flusher is None:
-            self._flusher = threading.Thread(target=self._flush_pending, name="log-flusher", daemon=True)
+        elif self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_every, name="log-flusher", daemon=True)
             self._flusher.start()
 
-    def _flush_pending(self) -> None:
+    def flush(self) -> None:
+        with self.lock:
+            if self._waiting:
+                lines, self._waiting = self._waiting, []
+                self.stream.write("".join(lines))
+            if self.stream and hasattr(self.stream, "flush"):
+                self.stream.flush()
+
+    def _flush_every(self) -> None:
         while True:
             time.sleep(self.flush_every)
-            if self._pending:
-                self._pending = False
+            if self._waiting:
                 try:
                     self.flush()
                 except (ValueError, OSError):

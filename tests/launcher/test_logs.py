@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from launcher.logs import CHILD_LOGGER, JsonFormatter, TextFormatter, configure_logging, printable, source_of
+from launcher.logs import CHILD_LOGGER, BatchedStreamHandler, JsonFormatter, TextFormatter, configure_logging, printable, source_of
 from proxy.redaction import Redactor
 
 SECRET = "dapi-0123456789abcdef-secret"
@@ -232,12 +233,14 @@ def test_mlflows_output_has_its_own_level(restore_logging, capsys):
     logging.getLogger(CHILD_LOGGER).info('127.0.0.1:0 - "GET /api/2.0/mlflow/experiments/search HTTP/1.1" 200 OK')
     logging.getLogger(CHILD_LOGGER).error("MLflow failed")
     logging.getLogger("mlflow_app.request").info("front request line")
+    logging.getLogger().handlers[0].flush()  # INFO lines wait in the handler for a moment
     out = capsys.readouterr().out
     assert "MLflow failed" in out and "front request line" in out and "experiments/search" not in out
 
     configure_logging("text", "warning", Redactor(), mlflow_level="debug")
     logging.getLogger(CHILD_LOGGER).debug("MLflow debug line")
     logging.getLogger("mlflow_app.request").info("front request line")
+    logging.getLogger().handlers[0].flush()
     out = capsys.readouterr().out
     assert "MLflow debug line" in out and "front request line" not in out
 
@@ -245,3 +248,33 @@ def test_mlflows_output_has_its_own_level(restore_logging, capsys):
 def test_mlflows_output_follows_the_front_level_by_default(restore_logging, capsys):
     configure_logging("text", "warning", Redactor())
     assert logging.getLogger(CHILD_LOGGER).getEffectiveLevel() == logging.WARNING
+
+
+def test_info_lines_are_written_together_a_moment_later_and_a_warning_at_once(restore_logging):
+    class CountingStream(io.StringIO):
+        writes = 0
+
+        def write(self, text):
+            self.writes += 1
+            return super().write(text)
+
+    stream = CountingStream()
+    handler = BatchedStreamHandler(stream, flush_every=0.2)
+    handler.setFormatter(TextFormatter(Redactor()))
+    logger = logging.getLogger("mlflow_app.request.batch-test")
+    logger.handlers[:], logger.propagate = [handler], False
+    logger.setLevel(logging.INFO)
+    try:
+        for i in range(50):
+            logger.info("line %d", i)
+        assert stream.getvalue() == ""  # waiting in the handler
+        deadline = time.monotonic() + 3
+        while not stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert stream.getvalue().count("\n") == 50 and stream.writes == 1
+        logger.info("before the warning")
+        logger.warning("now")
+        lines = stream.getvalue().splitlines()
+        assert [line.split("| ")[1] for line in lines[-2:]] == ["before the warning", "now"]
+    finally:
+        logger.handlers[:] = []
