@@ -27,7 +27,7 @@ MASK = "***"
 # The password runs to the last "@" before any whitespace: unencoded "/" or "@" in it stay masked.
 _URI_PASSWORD = re.compile(r"(?P<head>(?<![\w+.-])[a-zA-Z][\w+.-]{0,31}://[^:/?#@\s]{1,256}:)[^\s]{1,256}(?P<at>@)")
 _BEARER = re.compile(r"(?i)(bearer\s+)[\w\-.~+/=]+")
-_SECRET_PARAM_WORDS = ("token", "secret", "password", "sig", "credential")  # "sig" covers "signature"
+_SECRET_PARAM_WORD = re.compile("token|secret|password|sig|credential")  # "sig" covers "signature"
 _SECRET_PARAM = re.compile(r"(?i)((?:token|secret|password|sig|signature|credential)[\w-]{0,64}=)[^&\s\"']+")
 # A request line as access logs print it (MLflow's uvicorn does): "GET /path?query HTTP/1.1".
 _REQUEST_LINE_QUERY = re.compile(r"(?P<target>\b[A-Z]{3,10} /[^\s?\"]*)\?(?P<query>[^\s\"]*)(?= HTTP/\d)")
@@ -65,6 +65,6 @@ class Redactor:
             text = _BEARER.sub(rf"\g<1>{MASK}", text)
         if "?" in text:
             text = _REQUEST_LINE_QUERY.sub(_mask_query_values, text)
-        if "=" in text and any(word in folded for word in _SECRET_PARAM_WORDS):
+        if "=" in text and _SECRET_PARAM_WORD.search(folded):
             text = _SECRET_PARAM.sub(rf"\g<1>{MASK}", text)
         return text
