@@ -175,4 +175,5 @@ def test_the_server_is_set_up_as_mlflow_servers_cli_sets_it_up(tmp_path, setting
     assert uvicorn[uvicorn.index("--uds") + 1] == socket_path
     assert uvicorn[uvicorn.index("--forwarded-allow-ips") + 1] == "*"
     assert uvicorn[uvicorn.index("--workers") + 1] == "1"
+    assert "--no-access-log" in uvicorn  # the front's request line covers each request
     assert "--factory" not in uvicorn

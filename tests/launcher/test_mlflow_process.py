@@ -123,7 +123,7 @@ def test_mlflow_servers_command_on_a_unix_socket_binds_it_and_no_port(tmp_path):
     command = mlflow_command(Settings(data_dir=tmp_path, workers=2), None, path)
     assert command[1:4] == ["-m", "mlflow", "server"]
     assert "--port" not in command and "--host" not in command
-    assert shlex.split(value_of(command, "--uvicorn-opts")) == ["--uds", path, "--forwarded-allow-ips", "*"]
+    assert shlex.split(value_of(command, "--uvicorn-opts")) == ["--uds", path, "--forwarded-allow-ips", "*", "--no-access-log"]
     assert value_of(command, "--workers") == "2"
     assert value_of(command, "--backend-store-uri") == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
 
