@@ -497,3 +497,24 @@ async def test_routing_refusals_are_in_mlflows_shape(front, fake_mlflow, request
     assert head.startswith(b"HTTP/1.1 %d " % status)
     assert json.loads(body)["error_code"] == error_code
     assert fake_mlflow.calls == []
+
+
+@pytest.mark.parametrize("padding", [b" ", b"\t", b"  \t "])
+async def test_trailing_whitespace_in_a_header_value_is_trimmed_not_a_502(front, fake_mlflow, padding):
+    # RFC 9110 §5.5: whitespace around a field value is not part of it. A client that sends some
+    # once got a false 502 ("MLflow closed the connection"): its HTTP client refused to send it.
+    answer = await raw_request(
+        front.server.port,
+        b"GET /echo HTTP/1.1\r\nHost: " + front.host.encode() + b"\r\nX-Team: ml" + padding + b"\r\nConnection: close\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert seen_headers(last_call(fake_mlflow), "x-team") == ["ml"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS"])
+async def test_health_in_any_other_method_is_answered_by_the_front(client, fake_mlflow, method):
+    response = await client.request(method, "/health")
+
+    assert response.status_code == 405
+    assert response.json()["error_code"] == "BAD_REQUEST"
+    assert fake_mlflow.calls == []  # never MLflow's business
