@@ -133,6 +133,18 @@ class WithoutCreated:
             yield family
 
 
+# The per-route families: name and help.
+ROUTE_FAMILIES = {
+    "duration": (f"{PREFIX}_request_duration_seconds", "Time from a request's arrival to the last byte of its answer, by route."),
+    "upstream": (
+        f"{PREFIX}_upstream_duration_seconds",
+        "Time from sending a request to MLflow until MLflow's response headers arrive, by route.",
+    ),
+    "bytes_in": (f"{PREFIX}_request_bytes", "Request body bytes received from clients, by route."),
+    "bytes_out": (f"{PREFIX}_response_bytes", "Response body bytes sent to clients (as sent, compressed or not), by route."),
+}
+
+
 class RequestCollector(Collector):
     """`FrontMetrics`' tallies as Prometheus metric families, at scrape time."""
 
@@ -147,20 +159,10 @@ class RequestCollector(Collector):
         for (method, route, status), count in metrics.requests.items():
             requests.add_metric([method, route, str(status)], count)
         yield requests
-        duration = HistogramMetricFamily(
-            f"{PREFIX}_request_duration_seconds",
-            "Time from a request's arrival to the last byte of its answer, by route.",
-            labels=["route"],
-        )
-        upstream = HistogramMetricFamily(
-            f"{PREFIX}_upstream_duration_seconds",
-            "Time from sending a request to MLflow until MLflow's response headers arrive, by route.",
-            labels=["route"],
-        )
-        bytes_in = CounterMetricFamily(f"{PREFIX}_request_bytes", "Request body bytes received from clients, by route.", labels=["route"])
-        bytes_out = CounterMetricFamily(
-            f"{PREFIX}_response_bytes", "Response body bytes sent to clients (as sent, compressed or not), by route.", labels=["route"]
-        )
+        duration = HistogramMetricFamily(*ROUTE_FAMILIES["duration"], labels=["route"])
+        upstream = HistogramMetricFamily(*ROUTE_FAMILIES["upstream"], labels=["route"])
+        bytes_in = CounterMetricFamily(*ROUTE_FAMILIES["bytes_in"], labels=["route"])
+        bytes_out = CounterMetricFamily(*ROUTE_FAMILIES["bytes_out"], labels=["route"])
         for route, tally in metrics.routes.items():
             duration.add_metric([route], tally.duration.cumulative(), tally.duration.sum)
             upstream.add_metric([route], tally.upstream.cumulative(), tally.upstream.sum)

@@ -129,6 +129,12 @@ def test_no_secret_appears_in_any_output(secured_app, tmp_path):
     download = r.request("download", "GET", artifact, params=query, headers=with_secrets)
     assert download.status_code == 200 and download.content == b"hello"
 
+    # Something MLflow logs after it is ready (it writes no access lines): a request it fails on,
+    # its traceback then in /health's last_output below.
+    failing = r.request("an error MLflow logs", "POST", "/api/2.0/mlflow/experiments/create", content=b"[]", params=query, headers={**with_secrets, "Content-Type": "application/json"})
+    assert failing.status_code >= 400
+    time.sleep(1)  # its lines reach the front
+
     # MLflow down: 503 from the front, then back.
     mlflow_cli = psutil.Process(app.mlflow_pids()[0])
     mlflow_cli.kill()
