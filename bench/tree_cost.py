@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from bench.servers import stop_group
 from launcher.mlflow_asgi import mlflow_server_command, parse_arguments
 from launcher.mlflow_process import mlflow_command, mlflow_environment
 from launcher.settings import Settings
@@ -91,12 +91,7 @@ def one_start(command: list[str], env: dict[str, str], socket_path: str, log: Pa
             rss, pss = memory_mib(processes)
             return {"seconds_to_health": round(ready, 2), "cpu_seconds": round(cpu, 1), "processes": len(processes), "idle_rss_mib": round(rss), "idle_pss_mib": round(pss)}
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process, 20)
 
 
 def main() -> None:
