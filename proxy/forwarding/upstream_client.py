@@ -57,6 +57,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.reused = False
+        self.opened_for: tuple[str, str | None] | None = None  # the upstream address it was opened to
         self.idle_since = 0.0
         self._write_paused = False
         self._drained: asyncio.Future | None = None
@@ -258,17 +259,17 @@ class UpstreamClient:
         self.max_connections = max_connections
         self._in_use = 0  # connections handed out and not yet released or discarded
         self._slot_waiters: deque[asyncio.Future] = deque()
-        self._address_of: str | None = None
+        self._address_of: tuple[str, str | None] | None = None
         self._address: tuple[str, int] = ("127.0.0.1", 0)
         self._host_header = b""
 
     def _refresh_address(self) -> None:
-        base_url = self.state.base_url
-        if base_url != self._address_of:
-            parts = urlsplit(base_url)
+        where = (self.state.base_url, self.state.unix_socket)
+        if where != self._address_of:
+            parts = urlsplit(where[0])
             self._address = (parts.hostname or "127.0.0.1", parts.port or 80)
             self._host_header = parts.netloc.encode("latin-1")
-            self._address_of = base_url
+            self._address_of = where
             self.close_idle()  # a new child: the old one's connections are of no use
 
     def host_header(self) -> bytes:
@@ -314,12 +315,20 @@ class UpstreamClient:
             raise UpstreamTimeout() from None
         except OSError as exc:
             raise UpstreamUnreachable(str(exc)) from None
+        connection.opened_for = self._address_of
         return connection
 
     def release(self, connection: UpstreamConnection) -> None:
         """Back to the pool if the answer was read whole and MLflow keeps the connection open."""
         self._release_slot()
-        if connection.complete and connection.keep_alive and not connection.closed and len(self._idle) < MAX_IDLE_CONNECTIONS:
+        self._refresh_address()
+        if (
+            connection.complete
+            and connection.keep_alive
+            and not connection.closed
+            and connection.opened_for == self._address_of  # not a connection to a child since replaced
+            and len(self._idle) < MAX_IDLE_CONNECTIONS
+        ):
             connection.idle_since = time.monotonic()
             self._idle.append(connection)
         else:

@@ -139,3 +139,19 @@ async def test_past_the_connection_limit_a_request_waits_for_a_slot_then_times_o
         client.discard(held)
         second = await asyncio.wait_for(waiting, 1)
         client.discard(second)
+
+
+async def test_a_connection_to_a_replaced_child_is_not_pooled_again():
+    old, new = ScriptedServer(OK, OK), ScriptedServer(OK)
+    async with old as client, new as replacement:
+        connection = await client.connect(2.0)  # in flight while the child is replaced
+        client.state.base_url = replacement.state.base_url
+        connection.expect(has_body=True)
+        connection.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        await connection.answer_head(2.0)
+        while await connection.read(2.0):
+            pass
+        client.release(connection)
+        assert connection.closed  # finished, then closed rather than pooled
+        assert (await get(client))[2] == b"ok"
+    assert (old.connections, new.connections) == (1, 1)
