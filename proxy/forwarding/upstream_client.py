@@ -236,16 +236,37 @@ class UpstreamConnection(asyncio.Protocol):
 
     async def _wait_for(self, future: asyncio.Future, timeout: float) -> None:
         # A timer per wait instead of asyncio.wait_for: no extra task or future on the hot path.
-        timer = self.loop.call_later(timeout, _time_out, future)
+        timeout_handle = TimeoutHandle(self.loop, future, timeout)
         try:
             await future
         finally:
-            timer.cancel()
+            timeout_handle.cancel()
 
 
-def _time_out(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_exception(UpstreamTimeout())
+class TimeoutHandle:
+    """Fails `future` with UpstreamTimeout once `timeout` seconds have passed by the monotonic clock.
+    (uvloop's timers run on a loop time cached at the start of an iteration, so one can fire a
+    little before its delay has really passed; this one then waits out the rest.)"""
+
+    __slots__ = ("loop", "future", "deadline", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future, timeout: float):
+        self.loop = loop
+        self.future = future
+        self.deadline = time.monotonic() + timeout
+        self.timer = loop.call_later(timeout, self.fire)
+
+    def fire(self) -> None:
+        if self.future.done():
+            return
+        remaining = self.deadline - time.monotonic()
+        if remaining > 0:
+            self.timer = self.loop.call_later(remaining, self.fire)
+            return
+        self.future.set_exception(UpstreamTimeout())
+
+    def cancel(self) -> None:
+        self.timer.cancel()
 
 
 class UpstreamClient:
