@@ -99,6 +99,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if len(self.url) + sum(len(name) + len(value) + 4 for name, value in headers) > self.max_head_bytes:
             self._refusal = (431, f"The request's headers exceed {self.max_head_bytes} bytes.")
             raise HeadRefused
+        codings = [value for name, value in headers if name == b"transfer-encoding"]
+        if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
+            # uvicorn would start the app before llhttp refuses such framing further on (and
+            # `gzip, chunked` it accepts, still encoded): refused here, before anything runs.
+            shown = b", ".join(codings).decode("latin-1")[:100]
+            self._refusal = (
+                400,
+                f"Transfer-Encoding '{shown}' is not supported: send the body with Content-Length, or chunked alone.",
+            )
+            raise HeadRefused
         super().on_headers_complete()
         # The cycle uvicorn just made writes through this: a response's head and body in one send.
         self.cycle.transport = HeldWrites(self.transport, self.loop)
@@ -121,9 +131,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request its parser rejects, and ours to one over a limit: JSON."""
         self._flush_held()  # an answer still held for the request before this one goes first
-        status, message = self._refusal or (400, "Invalid HTTP request: the front could not parse it.")
+        refusal = self._refusal
+        status, message = refusal or (400, "Invalid HTTP request: the front could not parse it.")
         self._refusal = None
-        if status != 400:
+        if refusal is not None:  # one of ours: the request log never sees it, so say here what was answered
             log.warning("refused a request from %s with %s: %s", self.client[0] if self.client else "?", status, message)
         body = json.dumps({"error_code": "BAD_REQUEST", "message": message}).encode()
         head = [f"HTTP/1.1 {status} {REASONS[status]}".encode()]

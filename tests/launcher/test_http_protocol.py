@@ -20,8 +20,12 @@ class SmallLimits(BoundedHttpToolsProtocol):
     head_timeout_seconds = 0.5
 
 
+CALLED: list[str] = []  # the paths the app was started for
+
+
 async def echo(scope, receive, send) -> None:
     """Answers with what it received: path, header count and body length."""
+    CALLED.append(scope["path"])
     body = b""
     while True:
         message = await receive()
@@ -198,3 +202,29 @@ def test_what_the_parser_rejects_gets_400_json(server, raw):
 def test_an_upgrade_request_is_answered_as_plain_http(server):
     raw = exchange(server, b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n")
     assert status_and_body(raw)[0] == 200
+
+
+@pytest.mark.parametrize(
+    "coding",
+    [b"identity", b"gzip", b"gzip, chunked", b"chunked, chunked", b"deflate"],
+)
+def test_a_transfer_coding_other_than_chunked_is_refused_before_the_app_runs(server, coding):
+    path = f"/te-{coding.decode().replace(', ', '-')}"
+    raw = exchange(server, f"DELETE {path} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: ".encode() + coding + b"\r\n\r\n0\r\n\r\n")
+    status, body = status_and_body(raw)
+    assert status == 400 and body["error_code"] == "BAD_REQUEST"  # ours, or llhttp's own for some
+    time.sleep(0.1)
+    assert path not in CALLED  # never started: nothing behind the front executes it
+
+
+def test_two_transfer_encoding_headers_are_refused_before_the_app_runs(server):
+    raw = exchange(server, b"POST /te-twice HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert status_and_body(raw)[0] == 400
+    time.sleep(0.1)
+    assert "/te-twice" not in CALLED
+
+
+def test_chunked_alone_is_served(server):
+    raw = exchange(server, b"POST /te-chunked HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    status, body = status_and_body(raw)
+    assert (status, body["body"]) == (200, 3)
