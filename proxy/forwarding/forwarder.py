@@ -99,6 +99,17 @@ class Forwarder:
             await self._unavailable(exchange, send)
             return
         try:
+            await self._forward(exchange, receive, send, forward_origin)
+        except asyncio.CancelledError:
+            # uvicorn cancels what is still running when --drain-seconds are up: answered in
+            # MLflow's shape while nothing has been, rather than with uvicorn's plain-text 500.
+            if exchange.status:
+                raise
+            log.warning("%s %s cut by shutdown before MLflow answered (id=%s)", exchange.method, exchange.path, exchange.request_id)
+            await exchange.refuse(send, 503, "The server is shutting down and cut this request short; retry it.", [(b"retry-after", b"2")])
+
+    async def _forward(self, exchange: Exchange, receive: Receive, send: Send, forward_origin: bool) -> None:
+        try:
             body, length, streamed = await self._request_body(exchange, receive)
         except ClientGone:
             exchange.status = 499  # nginx's "client closed request"; nobody reads it

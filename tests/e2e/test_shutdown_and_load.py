@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import threading
@@ -119,3 +120,29 @@ def test_256_concurrent_connections_lose_nothing(app):
         f"{app.url}/api/2.0/mlflow/metrics/get-history", params={"run_id": run_id, "metric_key": "c", "max_results": 10000}
     ).json()["metrics"]
     assert sorted(int(m["step"]) for m in history) == list(range(connections))
+
+
+def test_an_upload_cut_by_shutdown_gets_an_mlflow_shaped_503_and_a_log_line(tmp_path):
+    app = AppProcess(tmp_path, "--drain-seconds", "1").start().wait_ready()
+    path = "/api/2.0/mlflow-artifacts/artifacts/cut/blob.bin"
+    try:
+        with socket.create_connection(("127.0.0.1", app.port), timeout=20) as raw:
+            raw.sendall(
+                f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: cut-by-shutdown\r\n"
+                f"Content-Length: {64 * MIB}\r\n\r\n".encode() + b"c" * MIB
+            )  # a sixty-fourth of the body, then nothing more: still uploading at SIGTERM
+            time.sleep(0.5)
+            app.process.send_signal(signal.SIGTERM)
+            answer = b""
+            while chunk := raw.recv(65536):
+                answer += chunk
+        app.process.wait(20)
+    finally:
+        app.kill_leftovers()
+
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 "), answer[:300]
+    assert b"content-type: application/json" in head.lower()
+    assert json.loads(body)["error_code"] == "TEMPORARILY_UNAVAILABLE"
+    assert "PUT /api/2.0/mlflow-artifacts/artifacts/cut/blob.bin cut by shutdown" in app.log_text()
+    assert "Internal Server Error" not in answer.decode("latin-1")
