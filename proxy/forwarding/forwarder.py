@@ -268,7 +268,7 @@ class Forwarder:
     async def _answer(self, exchange: Exchange, connection: UpstreamConnection, send: Send, receive: Receive) -> None:
         headers, has_length = self._response_headers(exchange, connection)
         encoder = None
-        if self.compression is not None and self.compression.enabled:
+        if self.compression is not None:
             encoder = self.compression.encoder_for(
                 exchange.method, exchange.path, exchange.header(b"accept-encoding"), connection.status, headers
             )
