@@ -12,7 +12,9 @@ import click
 from launcher.databricks import default_backend_store_uri, default_log_format, default_registry_store_uri
 from launcher.settings import MLFLOW_UNIX_SOCKET_DEFAULT, Settings, SettingsError, default_host, split_list, validate
 from proxy.edge.policy import DEFAULT_ALLOWED_HOSTS
+from proxy.edge.forwarded import parse_proxy_addresses
 from proxy.forwarding.compression import DEFAULT_MIN_BYTES
+from proxy.forwarding.forwarder import DEFAULT_MAX_PER_CLIENT
 
 
 def default_port() -> int:
@@ -83,6 +85,19 @@ def main() -> None:
               help="Seconds between health checks of a running MLflow; each may take up to min(5, this) seconds.")
 @click.option("--mlflow-probe-failures", show_envvar=True, envvar="MLFLOW_APP_MLFLOW_PROBE_FAILURES", type=int, default=3, show_default=True,
               help="Failed health checks in a row after which MLflow counts as hung and is replaced.")
+@click.option("--client-idle-timeout", show_envvar=True, envvar="MLFLOW_APP_CLIENT_IDLE_TIMEOUT", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="Seconds a client may leave a request body unsent, or an answer unread, before it is cut off (408 if "
+                   "nothing was answered yet) and its connection to MLflow freed.")
+@click.option("--client-min-rate", show_envvar=True, envvar="MLFLOW_APP_CLIENT_MIN_RATE", type=click.IntRange(min=0), default=1024, show_default=True,
+              help="Bytes per second a request body must average once it has taken --client-idle-timeout; a slower one is "
+                   "cut off with 408. 0: no minimum.")
+@click.option("--max-upstream-per-client", show_envvar=True, envvar="MLFLOW_APP_MAX_UPSTREAM_PER_CLIENT", type=click.IntRange(min=1), default=DEFAULT_MAX_PER_CLIENT, show_default=True,
+              help="Requests one client address may have in progress at MLflow at once (of the front's 512 connections); "
+                   "more get 429 with Retry-After.")
+@click.option("--forwarded-allow-ips", show_envvar=True, envvar=["MLFLOW_APP_FORWARDED_ALLOW_IPS", "FORWARDED_ALLOW_IPS"], metavar="LIST",
+              show_default="127.0.0.1,::1; * on Databricks Apps",
+              help="Comma-separated addresses or networks of the reverse proxies whose X-Forwarded-For, -Host, -Proto, "
+                   "-Email and -User headers are believed; from any other peer they are dropped. * trusts every peer.")
 @click.option("--allowed-hosts", show_envvar=True, envvar="MLFLOW_SERVER_ALLOWED_HOSTS", metavar="LIST",
               show_default="loopback, private addresses, *.databricksapps.com",
               help="Comma-separated Host names (fnmatch patterns) the server answers to; others get 403 (DNS rebinding "
@@ -114,11 +129,21 @@ def serve(**options) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+LIST_OPTIONS = ("allowed_hosts", "cors_allowed_origins", "forwarded_allow_ips")
+
+
 def settings_from_options(options: dict) -> Settings:
+    forwarded_allow_ips = None
+    if options["forwarded_allow_ips"] is not None:
+        try:
+            forwarded_allow_ips = parse_proxy_addresses(options["forwarded_allow_ips"])
+        except ValueError as exc:
+            raise SettingsError(f"--forwarded-allow-ips: {exc}.") from None
     return Settings(
-        **{k: v for k, v in options.items() if k not in ("allowed_hosts", "cors_allowed_origins")},
+        **{k: v for k, v in options.items() if k not in LIST_OPTIONS},
         allowed_hosts=split_list(options["allowed_hosts"]) or DEFAULT_ALLOWED_HOSTS,
         cors_allowed_origins=split_list(options["cors_allowed_origins"]),
+        forwarded_allow_ips=forwarded_allow_ips,
     )
 
 

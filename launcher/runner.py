@@ -17,7 +17,7 @@ from launcher.databricks import artifacts_warning, check_workspace, uses_workspa
 from launcher.http_protocol import BoundedHttpToolsProtocol
 from launcher.logs import configure_logging
 from launcher.mlflow_process import ChildAddress, MlflowProcess, child_address, mlflow_command, mlflow_environment
-from launcher.settings import Settings, SettingsError
+from launcher.settings import Settings, SettingsError, on_databricks_apps
 from launcher.supervisor import LivenessProbe, Supervisor
 from proxy.app import FrontConfig, create_app
 from proxy.assets import UiAssets, UiAssetsMissing
@@ -79,8 +79,11 @@ def serve(settings: Settings) -> None:
         runner.run(run_front_and_mlflow(settings, front_socket, address, assets, redact, Path(private)))
 
 
-def front_server_config(front, drain_seconds: float) -> uvicorn.Config:
-    """uvicorn as the front runs: httptools with bounds on the request head, no access log of its own."""
+def front_server_config(front, drain_seconds: float, settings: Settings | None = None) -> uvicorn.Config:
+    """uvicorn as the front runs: httptools with bounds on the request head and on slow clients, no
+    access log of its own."""
+    settings = settings or Settings()
+    protocol = BoundedHttpToolsProtocol  # PENDING-WITH-LIMITS
     return uvicorn.Config(
         front,
         log_config=None,
@@ -89,7 +92,7 @@ def front_server_config(front, drain_seconds: float) -> uvicorn.Config:
         server_header=False,
         timeout_graceful_shutdown=drain_seconds,
         timeout_keep_alive=75,  # longer than typical load balancer idle timeouts
-        http=BoundedHttpToolsProtocol,  # httptools with bounds on the request head (README: Limits)
+        http=protocol,  # httptools with bounds on request heads and slow clients (README: Limits)
         ws="none",  # nothing behind the front speaks WebSocket; an Upgrade is served as plain HTTP
     )
 
@@ -127,11 +130,14 @@ async def run_front_and_mlflow(
             compression=ResponseCompression(min_bytes=settings.compress_min_bytes, enabled=settings.compress_responses),
             edge_policy=EdgePolicy(settings.allowed_hosts, settings.cors_allowed_origins),
             auth_token=settings.auth_token,
+            trusted_proxies=settings.effective_forwarded_allow_ips,
+            public_scheme="https" if on_databricks_apps() else None,  # TLS ends at the platform's proxy
+            max_upstream_per_client=settings.max_upstream_per_client,
         ),
         state,
         assets,
     )
-    server = uvicorn.Server(front_server_config(front, settings.drain_seconds))
+    server = uvicorn.Server(front_server_config(front, settings.drain_seconds, settings))
     # uvicorn re-raises the stop signal after draining; a handler of ours turns that into a
     # return, so the child is stopped below instead of the process dying with it still running.
     for sig in (signal.SIGTERM, signal.SIGINT):

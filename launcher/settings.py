@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from proxy.edge.forwarded import LOOPBACK_PROXIES
 from proxy.edge.policy import DEFAULT_ALLOWED_HOSTS
 from proxy.forwarding.compression import DEFAULT_MIN_BYTES
+from proxy.forwarding.forwarder import DEFAULT_MAX_PER_CLIENT
 from proxy.redaction import Redactor
 
 # Store URI schemes MLflow's server accepts (SQLAlchemy dialects may carry a driver: postgresql+psycopg).
@@ -58,6 +60,10 @@ class Settings:
     compress_min_bytes: int = DEFAULT_MIN_BYTES
     mlflow_probe_interval: float = 10.0
     mlflow_probe_failures: int = 3
+    client_idle_timeout: float = 60.0
+    client_min_rate: int = 1024
+    max_upstream_per_client: int = DEFAULT_MAX_PER_CLIENT
+    forwarded_allow_ips: tuple[str, ...] | None = None  # None: loopback, and any peer on Databricks Apps
     allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS
     cors_allowed_origins: tuple[str, ...] = ()
     auth_token: str | None = field(default=None, repr=False)  # a credential: never in a repr or log
@@ -79,6 +85,14 @@ class Settings:
     @property
     def effective_mlflow_log_level(self) -> str:
         return self.mlflow_log_level or self.log_level
+
+    @property
+    def effective_forwarded_allow_ips(self) -> tuple[str, ...]:
+        """Peers whose X-Forwarded-* headers count: on Databricks Apps only the platform's proxy can
+        reach the app at all, so any peer; elsewhere loopback (a reverse proxy on the same machine)."""
+        if self.forwarded_allow_ips is not None:
+            return self.forwarded_allow_ips
+        return ("*",) if on_databricks_apps() else LOOPBACK_PROXIES
 
     @property
     def effective_ui_dir(self) -> Path:

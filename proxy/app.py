@@ -22,12 +22,14 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from proxy.assets import UiAssets
+from proxy.edge.cors import answer_preflight
+from proxy.edge.forwarded import LOOPBACK_PROXIES, TrustedProxies
 from proxy.edge.policy import STATE_CHANGING_METHODS, EdgePolicy, OriginVerdict, RememberedVerdicts
 from proxy.edge.token_check import CHALLENGE, UNAUTHENTICATED_MESSAGE, TokenCheck
 from proxy.errors import mlflow_error
 from proxy.exchange import Exchange
 from proxy.forwarding.compression import ResponseCompression
-from proxy.forwarding.forwarder import Forwarder
+from proxy.forwarding.forwarder import DEFAULT_MAX_PER_CLIENT, Forwarder
 from proxy.forwarding.upstream_client import UpstreamClient
 from proxy.health import health_response
 from proxy.observation.metrics import FrontMetrics
@@ -61,6 +63,13 @@ class FrontConfig:
     # When set, every request but /health needs it (proxy.edge.token_check); never printed, hence repr=False.
     auth_token: str | None = field(default=None, repr=False)
     compression: ResponseCompression = field(default_factory=ResponseCompression)
+    # Peers whose X-Forwarded-* headers are believed (proxy.edge.forwarded).
+    trusted_proxies: tuple[str, ...] = LOOPBACK_PROXIES
+    # The scheme clients use when no trusted proxy says (X-Forwarded-Proto): https where TLS ends at
+    # a proxy that does not send it (Databricks Apps); None: the connection's own (http).
+    public_scheme: str | None = None
+    # Upstream connections one client address may hold at once; beyond it, 429.
+    max_upstream_per_client: int = DEFAULT_MAX_PER_CLIENT
 
 
 def create_app(config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics | None = None) -> Front:
@@ -73,7 +82,12 @@ class Front:
 
     def __init__(self, config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics):
         self.upstream = UpstreamClient(state)
-        self.forwarder = Forwarder(state, self.upstream, config.upstream_timeout_seconds, config.compression)
+        self.forwarder = Forwarder(
+            state, self.upstream, config.upstream_timeout_seconds, config.compression, config.max_upstream_per_client
+        )
+        self.proxies = TrustedProxies(config.trusted_proxies)
+        self.any_origin = "*" in config.edge_policy.allowed_origins
+        self.public_scheme = config.public_scheme.encode() if config.public_scheme else None
         self.metrics = metrics
         self.observer = RequestObserver(metrics)
         self.verdicts = RememberedVerdicts(config.edge_policy)
@@ -85,6 +99,13 @@ class Front:
             await self.own(scope, receive, send)  # the lifespan
             return
         exchange = Exchange(scope)
+        proxies = self.proxies
+        if not proxies.trusts(exchange.client_host):
+            exchange.distrust_forwarded()  # a client's own X-Forwarded-* claims count for nothing
+        elif b"x-forwarded-for" in exchange.lists:
+            exchange.client = proxies.client_address(exchange.client_host, exchange.lists[b"x-forwarded-for"])
+        if self.public_scheme is not None and b"x-forwarded-proto" not in exchange.first:
+            exchange.first[b"x-forwarded-proto"] = self.public_scheme
         self.observer.started(exchange)
         try:
             await self.dispatch(exchange, receive, send)
@@ -100,6 +121,11 @@ class Front:
             if not self.verdicts.host_allowed(exchange.host):
                 await exchange.refuse(send, 403, UNKNOWN_HOST)
                 return
+        if exchange.method == "OPTIONS" and exchange.is_cors_preflight():
+            # Never forwarded: it carries no token, so MLflow would be open to anyone through it.
+            verdict = self.verdicts.origin_verdict(exchange.header(b"origin"), exchange.public_host, exchange.scheme)
+            await answer_preflight(exchange, verdict, self.any_origin, send)
+            return
         if self.token is not None and not self.token.admits(exchange):
             await exchange.refuse(send, 401, UNAUTHENTICATED_MESSAGE, [CHALLENGE])
             return
@@ -149,7 +175,7 @@ def own_endpoints(
 
     async def health(request: Request) -> Response:
         # With auth on, /health stays open to probes but shows MLflow's output only with the token.
-        return health_response(state, with_output=request.scope["state"]["authenticated"])
+        return health_response(state, with_output=request.scope["state"]["authenticated"], load=upstream.load())
 
     async def metrics_endpoint(_: Request) -> Response:
         return metrics.response()

@@ -41,6 +41,8 @@ _WATCHED = frozenset(
         b"accept-encoding",
     }
 )
+# Believed only from a configured proxy (proxy.edge.forwarded).
+_FORWARDED = (b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-for", b"x-forwarded-email")
 # Read as a list: more than one is an error (host, authorization, content-length) or a chain
 # (x-forwarded-for).
 _REPEATABLE = frozenset({b"host", b"authorization", b"x-forwarded-for", b"content-length"})
@@ -81,6 +83,8 @@ class Exchange:
         "upstream_seconds",
         "authenticated",
         "drop_authorization",
+        "forwarded_trusted",
+        "client",
     )
 
     def __init__(self, scope: Scope):
@@ -105,10 +109,27 @@ class Exchange:
         self.upstream_seconds: float | None = None
         self.authenticated = True  # set by the token check where there is one
         self.drop_authorization = False  # the token check accepted it: the front's, not MLflow's
+        self.forwarded_trusted = True  # cleared by distrust_forwarded for a peer that is no known proxy
+        client = scope.get("client")
+        self.client: str | None = client[0] if client else None  # the real client, once proxies are known
+
+    def distrust_forwarded(self) -> None:
+        """Forget what the `X-Forwarded-*` headers claim: the peer is not a configured proxy."""
+        self.forwarded_trusted = False
+        for name in _FORWARDED:
+            self.first.pop(name, None)
+            self.lists.pop(name, None)
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a watched header."""
         return self.first.get(name)
+
+    def scope_header(self, name: bytes) -> bytes | None:
+        """The first value of any header, found by a scan: for the rare paths that need one not watched."""
+        for key, value in self.scope["headers"]:
+            if key == name:
+                return value
+        return None
 
     def count(self, name: bytes) -> int:
         """How many times a repeatable watched header came."""
@@ -129,6 +150,7 @@ class Exchange:
 
     @property
     def client_host(self) -> str | None:
+        """The TCP peer: the client itself, or the proxy in front of it."""
         client = self.scope.get("client")
         return client[0] if client else None
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
+from proxy.forwarding.upstream_client import PoolLoad
 from proxy.upstream import UpstreamPhase, UpstreamState
 
 
-def health_response(state: UpstreamState, with_output: bool = True) -> JSONResponse:
-    """The answer for `state`; MLflow's last output and exit reason only `with_output` (not for anonymous callers)."""
+def health_response(state: UpstreamState, with_output: bool = True, load: PoolLoad | None = None) -> JSONResponse:
+    """The answer for `state`; MLflow's last output and exit reason only `with_output` (not for anonymous callers).
+
+    With every connection to MLflow in use and requests waiting for one, the front cannot serve
+    in time: 503, so that a load balancer sends new requests elsewhere until it drains."""
     mlflow = {
         "state": state.phase.value,
         "restarts": state.restarts,
@@ -18,8 +22,20 @@ def health_response(state: UpstreamState, with_output: bool = True) -> JSONRespo
         mlflow["last_exit_code"] = state.last_exit_code
         if with_output:  # it may name the database's host and user
             mlflow["last_exit_reason"] = state.last_exit_reason
-    if state.ready:
-        return JSONResponse({"status": "ok", "front": "ready", "mlflow": mlflow})
+    if state.ready and not (load is not None and load.saturated):
+        return JSONResponse(with_connections({"status": "ok", "front": "ready", "mlflow": mlflow}, load))
+    front = "ready"
+    if state.ready:  # but saturated
+        front = "saturated"
+        reason = f"every connection to mlflow is in use ({load.in_use} of {load.limit}) and {load.waiting} requests wait for one"
+    else:
+        reason = unavailable_reason(state, mlflow, with_output)
+    body = {"status": "unavailable", "reason": reason, "front": front, "mlflow": mlflow}
+    return JSONResponse(with_connections(body, load), status_code=503, headers={"Cache-Control": "no-store"})
+
+
+def unavailable_reason(state: UpstreamState, mlflow: dict, with_output: bool) -> str:
+    """Why MLflow cannot serve; adds its last output to `mlflow` for callers who may see it."""
     if with_output and state.last_error_lines:
         mlflow["last_output"] = list(state.last_error_lines)
     reason = f"mlflow is {state.phase.value}"
@@ -29,10 +45,10 @@ def health_response(state: UpstreamState, with_output: bool = True) -> JSONRespo
     if with_output and state.last_exit_reason and state.phase is UpstreamPhase.RESTARTING:
         # e.g. "cannot use its database: PostgreSQL at db:5432 refused the password for user "mlflow"…"
         reason += f"; last: mlflow {state.last_exit_reason}"
-    body = {
-        "status": "unavailable",
-        "reason": reason,
-        "front": "ready",
-        "mlflow": mlflow,
-    }
-    return JSONResponse(body, status_code=503, headers={"Cache-Control": "no-store"})
+    return reason
+
+
+def with_connections(body: dict, load: PoolLoad | None) -> dict:
+    if load is not None:
+        body["connections"] = {"in_use": load.in_use, "limit": load.limit, "waiting": load.waiting}
+    return body

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import re
 from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import urlsplit
@@ -59,6 +60,19 @@ def valid_port(parts) -> bool:
     return True
 
 
+# RFC 9110 §7.2: Host is uri-host [":" port]; names as DNS writes them, or a bracketed IPv6 address.
+_HOST_VALUE = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?)(?::([0-9]{1,5}))?")
+
+
+def is_valid_host(host: str) -> bool:
+    """Whether `host` is a well-formed `host[:port]` (surrounding spaces aside)."""
+    match = _HOST_VALUE.fullmatch(host.strip(" \t"))
+    if match is None:
+        return False
+    address, port = match.groups()
+    return (address is None or is_ip_literal(address)) and (port is None or int(port) <= 65535)
+
+
 def is_ip_literal(name: str) -> bool:
     try:
         ipaddress.ip_address(name.strip("[]"))
@@ -84,8 +98,8 @@ class EdgePolicy:
     allowed_origins: tuple[str, ...] = ()
 
     def host_allowed(self, host: str) -> bool:
-        if not host or any(c in host for c in "\r\n\x00 /"):
-            return False
+        if not is_valid_host(host):
+            return False  # e.g. "[fd00::1]evil.com", "10.0.0.1:80@evil": no browser sends these
         if "*" in self.allowed_hosts:
             return True
         host = host.strip().lower()
@@ -100,8 +114,9 @@ class EdgePolicy:
             return OriginVerdict.FOREIGN  # includes the opaque origin "null"
         if "@" in parts.netloc or not valid_port(parts):
             return OriginVerdict.FOREIGN  # no browser sends these; "127.0.0.1:80.evil.example" is not loopback
-        if normalise_authority(parts.scheme, parts.netloc) == normalise_authority(scheme, public_host):
-            return OriginVerdict.SAME_ORIGIN
+        scheme = scheme.lower()
+        if parts.scheme == scheme and normalise_authority(scheme, parts.netloc) == normalise_authority(scheme, public_host):
+            return OriginVerdict.SAME_ORIGIN  # an origin is scheme, host and port: http://h is not https://h
         if (parts.hostname or "") in LOOPBACK_NAMES or self._origin_listed(origin.strip()):
             return OriginVerdict.ALLOWED
         return OriginVerdict.FOREIGN

@@ -36,7 +36,8 @@ def credential_from(authorization: bytes) -> bytes | None:
 
 
 class TokenCheck:
-    """Every request but `/health` (and CORS preflights) must carry the token.
+    """Every request but `/health` must carry the token (CORS preflights, which cannot, are
+    answered by the front before this check: proxy.edge.cors).
 
     The `Authorization` header it accepted is not forwarded, so MLflow never sees the front's
     credential. Refusals are 401 in MLflow's error shape, with a Basic challenge so that a browser
@@ -60,7 +61,7 @@ class TokenCheck:
         """Whether the request may go on; records on `exchange` whether it carried the token."""
         authenticated = exchange.count(b"authorization") == 1 and self.accepts(exchange.header(b"authorization"))
         exchange.authenticated = authenticated
-        if exchange.path in OPEN_PATHS or exchange.is_cors_preflight():
+        if exchange.path in OPEN_PATHS:
             return True  # open, but told apart: /health shows MLflow's output only with the token
         exchange.drop_authorization = authenticated
         return authenticated

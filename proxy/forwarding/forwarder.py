@@ -15,6 +15,7 @@ import time
 
 from starlette.types import Receive, Send
 
+from proxy.edge.forwarded import FORWARDED_HEADERS
 from proxy.exchange import Exchange
 from proxy.forwarding.compression import ResponseCompression
 from proxy.forwarding.upstream_client import (
@@ -53,10 +54,19 @@ REPLACED_ON_REQUEST = HOP_BY_HOP | {
     b"x-forwarded-for",
     b"x-request-id",
 }
-# The front's own server stamps Date; MLflow's would make a second one.
-REPLACED_ON_RESPONSE = HOP_BY_HOP | {b"date"}
+# From a peer that is no configured proxy, every forwarded header it sent is dropped as well.
+REPLACED_FROM_UNTRUSTED_PEER = REPLACED_ON_REQUEST | FORWARDED_HEADERS
+# The front's own server stamps Date; MLflow's would make a second one. MLflow's `server: uvicorn`
+# tells a client nothing it needs and a prober which server sits behind the front.
+REPLACED_ON_RESPONSE = HOP_BY_HOP | {b"date", b"server"}
 TRAILING_WHITESPACE = (b" ", b"\t")
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# Half the pool (upstream_client.MAX_CONNECTIONS): one address can never take every connection.
+DEFAULT_MAX_PER_CLIENT = 256
+# Where the front's HTTP edge (launcher/http_protocol.py) notes the status it answered when it cut
+# off a client that sent or read too slowly; the request log reports that rather than 499.
+CUT_OFF_EXTENSION = "mlflow_app.cut_off"
+CLIENT_CLOSED = 499  # nginx's "client closed request"
 
 # Chunked uploads are spooled to learn their length (MLflow's Flask handlers read a chunked body
 # as empty); up to this size in memory, beyond it on disk.
@@ -79,6 +89,31 @@ def connection_scoped(headers: list[tuple[bytes, bytes]], always: frozenset[byte
     return always | listed if listed else always
 
 
+class ClientShares:
+    """Requests in progress per client address, at most `limit` each: every request in progress may
+    hold one of MLflow's connections, and one address must not take them all."""
+
+    __slots__ = ("limit", "in_progress")
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_progress: dict[str | None, int] = {}
+
+    def take(self, client: str | None) -> bool:
+        count = self.in_progress.get(client, 0)
+        if count >= self.limit:
+            return False
+        self.in_progress[client] = count + 1
+        return True
+
+    def give_back(self, client: str | None) -> None:
+        count = self.in_progress[client] - 1
+        if count:
+            self.in_progress[client] = count
+        else:
+            del self.in_progress[client]  # the map holds only addresses with requests in progress
+
+
 class Forwarder:
     """Sends one request to MLflow and streams its answer back to the client."""
 
@@ -88,11 +123,13 @@ class Forwarder:
         client: UpstreamClient,
         timeout_seconds: float,
         compression: ResponseCompression | None = None,
+        max_per_client: int = DEFAULT_MAX_PER_CLIENT,
     ):
         self.state = state
         self.client = client
         self.timeout = timeout_seconds
         self.compression = compression
+        self.shares = ClientShares(max_per_client)
 
     async def __call__(self, exchange: Exchange, receive: Receive, send: Send, forward_origin: bool) -> None:
         if not self.state.ready:
@@ -109,31 +146,42 @@ class Forwarder:
             await exchange.refuse(send, 503, "The server is shutting down and cut this request short; retry it.", [(b"retry-after", b"2")])
 
     async def _forward(self, exchange: Exchange, receive: Receive, send: Send, forward_origin: bool) -> None:
-        try:
-            body, length, streamed = await self._request_body(exchange, receive)
-        except ClientGone:
-            exchange.status = 499  # nginx's "client closed request"; nobody reads it
-            return
-        head = self._request_head(exchange, forward_origin, length)
-        try:
-            connection = await self._exchange_head(exchange, head, body, streamed, receive)
-        except ClientGone:
-            exchange.status = 499
-            return
-        except UpstreamTimeout:
+        client = exchange.client
+        if not self.shares.take(client):
             await exchange.refuse(
-                send, 504,
-                f"MLflow did not answer within {self.timeout:g} s; the request may still complete on the server.",
+                send, 429,
+                f"Too many requests from this address are in progress ({self.shares.limit}); retry when some have finished.",
+                [(b"retry-after", b"1")],
             )
             return
-        except UpstreamError as exc:
-            log.warning("upstream request failed: %s", type(exc).__name__)
-            if not self.state.ready:
-                await self._unavailable(exchange, send)
-            else:
-                await exchange.refuse(send, 502, "MLflow closed the connection before answering; retry shortly.")
-            return
-        await self._answer(exchange, connection, send, receive)
+        try:
+            try:
+                body, length, streamed = await self._request_body(exchange, receive)
+            except ClientGone:
+                exchange.status = client_gone_status(exchange)
+                return
+            head = self._request_head(exchange, forward_origin, length)
+            try:
+                connection = await self._exchange_head(exchange, head, body, streamed, receive)
+            except ClientGone:
+                exchange.status = client_gone_status(exchange)
+                return
+            except UpstreamTimeout:
+                await exchange.refuse(
+                    send, 504,
+                    f"MLflow did not answer within {self.timeout:g} s; the request may still complete on the server.",
+                )
+                return
+            except UpstreamError as exc:
+                log.warning("upstream request failed: %s", type(exc).__name__)
+                if not self.state.ready:
+                    await self._unavailable(exchange, send)
+                else:
+                    await exchange.refuse(send, 502, "MLflow closed the connection before answering; retry shortly.")
+                return
+            await self._answer(exchange, connection, send, receive)
+        finally:
+            self.shares.give_back(client)
 
     # --- the request ---------------------------------------------------------------------------
 
@@ -184,7 +232,7 @@ class Forwarder:
     def _request_head(self, exchange: Exchange, forward_origin: bool, length: int | None) -> bytes:
         scope = exchange.scope
         raw_headers = scope["headers"]
-        skip = REPLACED_ON_REQUEST
+        skip = REPLACED_ON_REQUEST if exchange.forwarded_trusted else REPLACED_FROM_UNTRUSTED_PEER
         if b"connection" in exchange.first:
             skip = connection_scoped(raw_headers, skip)
         if not forward_origin:
@@ -315,7 +363,7 @@ class Forwarder:
         except UpstreamError as exc:
             self.client.discard(connection)
             if watcher.done():
-                exchange.status = 499
+                exchange.status = client_gone_status(exchange)
             else:
                 log.warning("MLflow's answer was cut short (%s); closing the client's connection", type(exc).__name__)
             return  # uvicorn closes a connection whose answer did not complete
@@ -348,6 +396,12 @@ class Forwarder:
     async def _unavailable(self, exchange: Exchange, send: Send) -> None:
         phase = self.state.phase.value
         await exchange.refuse(send, 503, f"MLflow is not ready ({phase}); retry shortly.", [(b"retry-after", b"2")])
+
+
+def client_gone_status(exchange: Exchange) -> int:
+    """What the client got: nothing (499), or the status the edge answered when it cut it off."""
+    extensions = exchange.scope.get("extensions")
+    return extensions.get(CUT_OFF_EXTENSION, CLIENT_CLOSED) if extensions else CLIENT_CLOSED
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import httptools
@@ -269,6 +270,18 @@ class TimeoutHandle:
         self.timer.cancel()
 
 
+class PoolLoad(NamedTuple):
+    """How busy the connections to MLflow are, for /health."""
+
+    in_use: int
+    limit: int
+    waiting: int  # requests waiting for a connection to come free
+
+    @property
+    def saturated(self) -> bool:
+        return self.waiting > 0 and self.in_use >= self.limit
+
+
 class UpstreamClient:
     """Connections to the MLflow child, at `state.base_url` or over `state.unix_socket`."""
 
@@ -383,6 +396,10 @@ class UpstreamClient:
                 await asyncio.wait_for(waiter, remaining)
             except asyncio.TimeoutError:
                 raise UpstreamTimeout() from None
+
+    def load(self) -> PoolLoad:
+        waiting = sum(1 for waiter in self._slot_waiters if not waiter.done())
+        return PoolLoad(self._in_use, self.max_connections, waiting)
 
     def close_idle(self) -> None:
         while self._idle:

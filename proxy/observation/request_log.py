@@ -25,7 +25,7 @@ def log_request(exchange: Exchange) -> None:
         "bytes_out": exchange.bytes_out,
         "request_id": exchange.request_id,
         "user": exchange.user,
-        "client": exchange.client_host,
+        "client": exchange.client,
     }
     # A record stamped from one made at import, rather than made anew: LogRecord.__init__ costs
     # about a dozen calls (the caller's file, the level's name, ...) for fields this line never shows.

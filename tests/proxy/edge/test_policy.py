@@ -81,6 +81,15 @@ def test_normalise_authority(scheme, netloc, authority):
         ("localhost\x00.attacker.example", False),
         ("local host", False),
         ("localhost/path", False),
+        # Values no browser can send, which a pattern match alone let through (issue 11, item 8).
+        ("[fd00::1]evil.com", False),
+        ("10.0.0.1:80@evil", False),
+        ("evil.com#.databricksapps.com", False),
+        ("a.databricksapps.com?.x", False),
+        ("[fd00::zz]", False),
+        ("localhost:99999", False),
+        ("localhost:", False),
+        ("localhost..", False),
     ],
 )
 def test_default_host_allowed(host, allowed):
@@ -126,8 +135,13 @@ PUBLIC = "mlflow.example.com"
         ("http://mlflow.example.com:80", PUBLIC, "http", OriginVerdict.SAME_ORIGIN),
         ("http://mlflow.example.com:8000", f"{PUBLIC}:8000", "http", OriginVerdict.SAME_ORIGIN),
         (" https://mlflow.example.com ", PUBLIC, "https", OriginVerdict.SAME_ORIGIN),
-        # TLS ends at the platform's proxy, which sends no X-Forwarded-Proto: the front sees http.
-        ("https://myapp.aws.databricksapps.com", "myapp.aws.databricksapps.com", "http", OriginVerdict.SAME_ORIGIN),
+        # TLS ends at the platform's proxy, which sends no X-Forwarded-Proto: the launcher gives
+        # the front the public scheme (https) there.
+        ("https://myapp.aws.databricksapps.com", "myapp.aws.databricksapps.com", "https", OriginVerdict.SAME_ORIGIN),
+        # An origin is scheme, host and port.
+        ("https://mlflow.example.com", PUBLIC, "http", OriginVerdict.FOREIGN),
+        ("http://mlflow.example.com", PUBLIC, "https", OriginVerdict.FOREIGN),
+        ("https://mlflow.example.com", PUBLIC, "HTTPS", OriginVerdict.SAME_ORIGIN),
         ("https://mlflow.example.com:8443", PUBLIC, "https", OriginVerdict.FOREIGN),
         ("http://mlflow.example.com", f"{PUBLIC}:8000", "http", OriginVerdict.FOREIGN),
         ("https://mlflow.example.com.attacker.example", PUBLIC, "https", OriginVerdict.FOREIGN),

@@ -144,12 +144,17 @@ async def test_ui_is_served_with_the_token(http):
     assert response.status_code == 200 and b"<title>MLflow</title>" in response.content
 
 
-async def test_a_cors_preflight_passes_without_credentials(http, fake_mlflow):
-    # Browsers never attach credentials to a preflight; the real request that follows must carry them.
-    headers = {"Origin": "https://other.example", "Access-Control-Request-Method": "POST"}
-    response = await http.options(API, headers=headers)
-    assert response.status_code == 200
-    assert fake_mlflow.calls[-1]["method"] == "OPTIONS"
+async def test_a_cors_preflight_is_answered_by_the_front_without_credentials(http, fake_mlflow):
+    # Browsers never attach credentials to a preflight: the front answers it, so it never opens
+    # a way to MLflow without the token.
+    calls_before = len(fake_mlflow.calls)
+    allowed = await http.options(API, headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "http://localhost:3000"
+    foreign = await http.options(API, headers={"Origin": "https://other.example", "Access-Control-Request-Method": "POST"})
+    assert foreign.status_code == 400 and foreign.json()["error_code"] == "BAD_REQUEST"
+    assert "access-control-allow-origin" not in foreign.headers
+    assert len(fake_mlflow.calls) == calls_before
     assert_refused(await http.options(API))  # a plain OPTIONS is no preflight
 
 
