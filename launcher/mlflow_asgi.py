@@ -6,6 +6,10 @@ launcher.mlflow_asgi` with the options `launcher.mlflow_process.mlflow_command` 
 does the CLI's part (the server's settings in the environment, the stores opened and their schema
 migrated, the CLI's start-up checks) and then serves MLflow's app with uvicorn in this process.
 
+Its stores (backend, registry, default artifact root, artifacts destination) arrive in the
+environment, under the names `mlflow server` reads them from, and never on a command line: every
+local user can read a process's command line (`ps`), and a store URI may hold a password.
+
 It covers one worker and no job runner, and only the options our command passes. Anything else
 that `mlflow server` would act on (another MLflow version, an option set in the environment that is
 not mirrored here) makes it exec `mlflow server` with the same options, in the same process, so
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 
 TESTED_MLFLOW = ("3.17",)  # major.minor releases whose `mlflow server` this mirrors
 # `mlflow server` options read from the environment that this module does not mirror: when one is
-# set, MLflow's own CLI runs instead. (Store URIs, artifacts, workers, host and port arrive as
+# set, MLflow's own CLI runs instead. (Store URIs arrive in STORE_ENV; workers, host and port as
 # options; the security settings are read by MLflow's middleware itself.)
 CLI_ONLY_ENV = (
     "MLFLOW_READ_REPLICA_BACKEND_STORE_URI",
@@ -45,6 +49,14 @@ CLI_ONLY_ENV = (
     "MLFLOW_ENABLE_WORKSPACES",
 )
 BOOLEAN_ENV = frozenset({"MLFLOW_ARTIFACTS_ONLY", "MLFLOW_ENABLE_WORKSPACES"})  # "false" or "0" counts as not set
+# The store options of `mlflow server` and the environment variables its CLI reads them from (their
+# click `envvar`): the only way our command passes them, since a URI may carry a password.
+STORE_ENV = {
+    "backend_store_uri": "MLFLOW_BACKEND_STORE_URI",
+    "registry_store_uri": "MLFLOW_REGISTRY_STORE_URI",
+    "default_artifact_root": "MLFLOW_DEFAULT_ARTIFACT_ROOT",
+    "artifacts_destination": "MLFLOW_ARTIFACTS_DESTINATION",
+}
 SECRETS_CACHE_TTL_DEFAULT = "60"  # `mlflow server` defaults, which its CLI always passes on
 SECRETS_CACHE_MAX_SIZE_DEFAULT = "1000"
 ARTIFACTS_DESTINATION_DEFAULT = "./mlartifacts"
@@ -79,21 +91,28 @@ def supports_installed_mlflow(version: str | None = None) -> bool:
     return bool(version) and ".".join(version.split(".")[:2]) in TESTED_MLFLOW
 
 
-def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    """The `mlflow server` options `mlflow_command` passes, with `--uds` for uvicorn's socket."""
+def parse_arguments(argv: list[str], environ: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """The `mlflow server` options `mlflow_command` passes, with `--uds` for uvicorn's socket.
+
+    A store not given as an option is read from `environ` (STORE_ENV), as MLflow's CLI reads it.
+    """
+    environ = {} if environ is None else environ
     parser = argparse.ArgumentParser(prog="python -m launcher.mlflow_asgi")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--uds")
     parser.add_argument("--uvicorn-opts", help=argparse.SUPPRESS)  # mlflow_server_command's own, rebuilt by it
     parser.add_argument("--workers", type=int)  # absent: MLflow's default (MLFLOW_WORKERS, else 4)
-    parser.add_argument("--backend-store-uri", required=True)
-    parser.add_argument("--registry-store-uri")
-    parser.add_argument("--default-artifact-root")
+    for option, name in STORE_ENV.items():
+        parser.add_argument(f"--{option.replace('_', '-')}", default=environ.get(name) or None, help=f"default: ${name}")
     parser.add_argument("--serve-artifacts", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--artifacts-destination")
     parser.add_argument("--app-name")
     return parser.parse_args(argv)
+
+
+def store_environment(options: argparse.Namespace) -> dict[str, str]:
+    """The stores in `options`, by the environment names `mlflow server` reads them from (STORE_ENV)."""
+    return {name: value for option, name in STORE_ENV.items() if (value := getattr(options, option))}
 
 
 def why_mlflow_server(options: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
@@ -120,7 +139,8 @@ NO_ACCESS_LOG = "--no-access-log"
 
 
 def mlflow_server_command(options: argparse.Namespace) -> list[str]:
-    """`python -m mlflow server` with the same options."""
+    """`python -m mlflow server` with the same options but the stores, which it reads from its
+    environment (`store_environment`): a command line is readable by every local user."""
     command = [sys.executable, "-m", "mlflow", "server"]
     if options.uds:
         # MLflow's CLI appends these to uvicorn's command line (_build_uvicorn_command); uvicorn binds
@@ -133,14 +153,7 @@ def mlflow_server_command(options: argparse.Namespace) -> list[str]:
         command += ["--host", options.host, "--port", str(options.port), f"--uvicorn-opts={NO_ACCESS_LOG}"]
     if options.workers:
         command += ["--workers", str(options.workers)]
-    command += ["--backend-store-uri", options.backend_store_uri]
-    if options.registry_store_uri:
-        command += ["--registry-store-uri", options.registry_store_uri]
-    if options.default_artifact_root:
-        command += ["--default-artifact-root", options.default_artifact_root]
     command += ["--serve-artifacts"] if options.serve_artifacts else ["--no-serve-artifacts"]
-    if options.artifacts_destination:
-        command += ["--artifacts-destination", options.artifacts_destination]
     if options.app_name:
         command += ["--app-name", options.app_name]
     return command
@@ -214,11 +227,14 @@ def say(level: str, message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    options = parse_arguments(sys.argv[1:] if argv is None else argv)
+    options = parse_arguments(sys.argv[1:] if argv is None else argv, os.environ)
+    if not options.backend_store_uri:
+        say("ERROR", f"no backend store: set {STORE_ENV['backend_store_uri']} in the environment")
+        sys.exit(2)
     if reason := why_mlflow_server(options, os.environ):
         say("INFO", f"running `mlflow server`: {reason}")
         command = mlflow_server_command(options)
-        os.execv(command[0], command)
+        os.execve(command[0], command, {**os.environ, **store_environment(options)})
 
     # uvicorn first: mlflow.server installs its security middleware only in a process that has it.
     import uvicorn

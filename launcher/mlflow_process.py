@@ -19,8 +19,8 @@ import httpx
 
 from launcher.databricks import child_app_arguments, child_artifacts_destination, uses_workspace, workspace_environment
 from launcher.logs import CHILD_LOGGER
-from launcher.mlflow_asgi import mlflow_server_command, parse_arguments
-from launcher.settings import Settings
+from launcher.mlflow_asgi import STORE_ENV, mlflow_server_command, parse_arguments
+from launcher.settings import Settings, uri_for_message
 
 log = logging.getLogger("mlflow_app.launcher")
 mlflow_log = logging.getLogger(CHILD_LOGGER)
@@ -100,22 +100,27 @@ def mlflow_command(settings: Settings, port: int | None, unix_socket: str | None
     """MLflow's server from this environment, on `unix_socket` if given, else on 127.0.0.1:`port`.
 
     `python -m launcher.mlflow_asgi` when it can run in one process, else `python -m mlflow
-    server` with the same options.
+    server` with the same options. No store URI: those reach the child in its environment
+    (`store_environment`), since every local user can read a command line and a URI may hold a password.
     """
     address = ["--uds", unix_socket] if unix_socket else ["--host", "127.0.0.1", "--port", str(port)]
-    options = [*address, "--workers", str(settings.workers), "--backend-store-uri", settings.effective_backend_store_uri]
-    if settings.registry_store_uri:
-        options += ["--registry-store-uri", settings.registry_store_uri]
-    if settings.default_artifact_root:
-        options += ["--default-artifact-root", settings.default_artifact_root]
-    if settings.serve_artifacts:
-        options += ["--serve-artifacts", "--artifacts-destination", child_artifacts_destination(settings)]
-    else:
-        options += ["--no-serve-artifacts"]
+    options = [*address, "--workers", str(settings.workers)]
+    options += ["--serve-artifacts"] if settings.serve_artifacts else ["--no-serve-artifacts"]
     options += child_app_arguments(settings)
     if runs_in_one_process(settings):
         return [sys.executable, "-m", "launcher.mlflow_asgi", *options]
     return mlflow_server_command(parse_arguments(options))
+
+
+def store_environment(settings: Settings) -> dict[str, str | None]:
+    """The child's stores by the environment names `mlflow server` reads them from; None for one left to MLflow."""
+    names = STORE_ENV
+    return {
+        names["backend_store_uri"]: settings.effective_backend_store_uri,
+        names["registry_store_uri"]: settings.registry_store_uri,
+        names["default_artifact_root"]: settings.default_artifact_root,
+        names["artifacts_destination"]: child_artifacts_destination(settings) if settings.serve_artifacts else None,
+    }
 
 
 def mlflow_environment(
@@ -123,10 +128,16 @@ def mlflow_environment(
 ) -> dict[str, str]:
     """This process's environment for the child, minus our own variables, plus its settings.
 
-    With a workspace store, also MLflow's retry and timeout settings for calls to the workspace
+    The stores are the settings' own (`store_environment`), whatever this environment held under
+    those names. With a workspace store, also MLflow's retry and timeout settings for calls to the workspace
     and, when given, the databricks-sdk profile file that bounds databricks-sdk's own.
     """
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in FRONT_ONLY_ENV}
+    for name, value in store_environment(settings).items():
+        if value is None:
+            env.pop(name, None)  # MLflow's own default, as when the option was left off its command line
+        else:
+            env[name] = value
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if settings.job_execution else "false"
     if settings.cors_allowed_origins:
         env["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] = ",".join(settings.cors_allowed_origins)
@@ -202,7 +213,12 @@ class MlflowProcess:
             limit=1024 * 1024,
         )
         self._pump = asyncio.create_task(self._pump_output())
-        log.info("started MLflow (pid %s): %s", self.process.pid, " ".join(self.command[1:]))
+        log.info("started MLflow (pid %s): %s; stores in its environment: %s", self.process.pid, " ".join(self.command[1:]), self.stores())
+
+    def stores(self) -> str:
+        """The store settings the child's environment holds, passwords masked, for the log."""
+        given = [f"{name}={uri_for_message(self.env[name])}" for name in STORE_ENV.values() if self.env.get(name)]
+        return ", ".join(given) or "none"
 
     async def _pump_output(self) -> None:
         assert self.process and self.process.stdout

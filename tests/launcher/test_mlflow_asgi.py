@@ -68,23 +68,61 @@ def test_mlflow_server_runs_for_another_mlflow_version(monkeypatch):
     assert "MLflow 3.99.0 is not a version this module mirrors" in why_mlflow_server(options(), JOBS_OFF)
 
 
-def test_the_fallback_execs_mlflow_server_with_the_same_options(monkeypatch, capsys):
-    class Exec(Exception):
-        pass
+class Exec(Exception):
+    pass
 
-    def execv(path, argv):
-        raise Exec(path, argv)
 
-    monkeypatch.setattr(os, "execv", execv)
+@pytest.fixture
+def execve(monkeypatch):
+    """os.execve replaced: main() raises Exec(path, argv, env) where it would have become `mlflow server`."""
+
+    def execve(path, argv, env):
+        raise Exec(path, argv, env)
+
+    monkeypatch.setattr(os, "execve", execve)
     monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    arguments = ["--uds", "/run/x/mlflow.sock", "--workers", "3", "--backend-store-uri", "sqlite:///x.db", "--no-serve-artifacts"]
+    for name in mlflow_asgi.STORE_ENV.values():
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_the_fallback_execs_mlflow_server_with_the_same_options(execve, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_BACKEND_STORE_URI", "postgresql://u:pw-secret@h/db")
+    monkeypatch.setenv("MLFLOW_ARTIFACTS_DESTINATION", "s3://b/served")
+    arguments = ["--uds", "/run/x/mlflow.sock", "--workers", "3", "--no-serve-artifacts"]
     with pytest.raises(Exec) as raised:
         mlflow_asgi.main(arguments)
-    path, argv = raised.value.args
+    path, argv, env = raised.value.args
     assert path == sys.executable
     assert argv == mlflow_server_command(parse_arguments(arguments))
     assert argv[1:4] == ["-m", "mlflow", "server"]
+    assert not any("pw-secret" in argument or "s3://" in argument for argument in argv)  # stores stay in the environment
+    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql://u:pw-secret@h/db"
+    assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://b/served"
     assert "INFO mlflow_app.child: running `mlflow server`: --workers 3" in capsys.readouterr().err
+
+
+def test_the_fallback_moves_stores_given_as_options_into_mlflow_servers_environment(execve):
+    arguments = ["--workers", "3", "--backend-store-uri", "postgresql://u:pw-secret@h/db", "--default-artifact-root", "s3://b/root"]
+    with pytest.raises(Exec) as raised:
+        mlflow_asgi.main(arguments)
+    _, argv, env = raised.value.args
+    assert not any("pw-secret" in argument or "--backend-store-uri" in argument for argument in argv)
+    assert (env["MLFLOW_BACKEND_STORE_URI"], env["MLFLOW_DEFAULT_ARTIFACT_ROOT"]) == ("postgresql://u:pw-secret@h/db", "s3://b/root")
+    assert "MLFLOW_REGISTRY_STORE_URI" not in env  # left to MLflow: the backend store
+
+
+def test_without_a_backend_store_it_says_which_variable_to_set(execve, capsys):
+    with pytest.raises(SystemExit) as exited:
+        mlflow_asgi.main(["--workers", "1"])
+    assert exited.value.code == 2
+    assert "ERROR mlflow_app.child: no backend store: set MLFLOW_BACKEND_STORE_URI" in capsys.readouterr().err
+
+
+def test_stores_are_read_from_the_environment_unless_given():
+    environ = {"MLFLOW_BACKEND_STORE_URI": "sqlite:///env.db", "MLFLOW_REGISTRY_STORE_URI": "", "MLFLOW_ARTIFACTS_DESTINATION": "s3://b/a"}
+    parsed = parse_arguments(["--backend-store-uri", "sqlite:///flag.db"], environ)
+    assert (parsed.backend_store_uri, parsed.registry_store_uri, parsed.artifacts_destination) == ("sqlite:///flag.db", None, "s3://b/a")
+    assert parse_arguments([]).backend_store_uri is None  # no environment given: none read
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -96,7 +134,7 @@ def test_both_commands_carry_every_option(tmp_path, workers):
     command = mlflow_command(settings, 5123)
     program = ["-m", "launcher.mlflow_asgi"] if workers == 1 else ["-m", "mlflow", "server"]
     assert command[1 : 1 + len(program)] == program
-    parsed = parse_arguments(command[1 + len(program) :])  # the same options either way
+    parsed = parse_arguments(command[1 + len(program) :], mlflow_environment(settings, {}))  # the same options either way
     assert (parsed.host, parsed.port, parsed.workers, parsed.backend_store_uri) == ("127.0.0.1", 5123, workers, settings.effective_backend_store_uri)
     assert (parsed.registry_store_uri, parsed.default_artifact_root, parsed.artifacts_destination) == ("sqlite:///r.db", "s3://b/root", "s3://b/served")
     assert parsed.serve_artifacts is True
@@ -113,7 +151,7 @@ import mlflow.server.handlers as handlers
 from mlflow.utils.server_cli_utils import resolve_default_artifact_root
 from launcher.mlflow_asgi import MlflowServer, mlflow_server_command, parse_arguments, server_environment
 
-options = parse_arguments(sys.argv[1:])
+options = parse_arguments(sys.argv[1:], os.environ)
 root = resolve_default_artifact_root(options.serve_artifacts, options.default_artifact_root, options.backend_store_uri)
 ours = server_environment(options, root, os.environ)
 captured = {}

@@ -75,38 +75,72 @@ def test_command_workers(tmp_path, workers):
     assert value_of(mlflow_command(Settings(workers=workers, data_dir=tmp_path), 5000), "--workers") == str(workers)
 
 
+STORE_OPTIONS = ("--backend-store-uri", "--registry-store-uri", "--default-artifact-root", "--artifacts-destination")
+
+
+def assert_no_store_on(command: list[str], *uris: str) -> None:
+    """No store option and no store URI (nor a piece of one) on a command line every local user can read."""
+    assert not set(STORE_OPTIONS) & {argument.split("=", 1)[0] for argument in command}
+    for uri in uris:
+        assert not any(uri in argument for argument in command), uri
+
+
 def test_command_embedded_defaults(tmp_path):
     settings = Settings(data_dir=tmp_path)
     command = mlflow_command(settings, 5000)
-    assert value_of(command, "--backend-store-uri") == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert "--serve-artifacts" in command
-    assert value_of(command, "--artifacts-destination") == str(tmp_path.resolve() / "artifacts")
     assert "--no-serve-artifacts" not in command
+    assert_no_store_on(command, str(tmp_path.resolve()))
+    env = mlflow_environment(settings, {})
+    assert env["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert env["MLFLOW_ARTIFACTS_DESTINATION"] == str(tmp_path.resolve() / "artifacts")
     # Left to MLflow unless set.
-    assert "--registry-store-uri" not in command
-    assert "--default-artifact-root" not in command
+    assert "MLFLOW_REGISTRY_STORE_URI" not in env
+    assert "MLFLOW_DEFAULT_ARTIFACT_ROOT" not in env
 
 
-def test_command_explicit_stores(tmp_path):
-    settings = Settings(
-        data_dir=tmp_path,
-        backend_store_uri="postgresql://u:p@h/db",
-        registry_store_uri="databricks-uc",
-        default_artifact_root="s3://bucket/root",
-        artifacts_destination="s3://bucket/served",
-    )
+EXPLICIT_STORES = {
+    "backend_store_uri": "postgresql://u:pw-secret@h/db",
+    "registry_store_uri": "mysql+pymysql://r:pw-registry@h/reg",
+    "default_artifact_root": "s3://bucket/root",
+    "artifacts_destination": "s3://bucket/served",
+}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_explicit_stores_reach_the_child_in_its_environment_and_never_its_command_line(tmp_path, workers):
+    settings = Settings(data_dir=tmp_path, workers=workers, **EXPLICIT_STORES)
     command = mlflow_command(settings, 5000)
-    assert value_of(command, "--backend-store-uri") == "postgresql://u:p@h/db"
-    assert value_of(command, "--registry-store-uri") == "databricks-uc"
-    assert value_of(command, "--default-artifact-root") == "s3://bucket/root"
-    assert value_of(command, "--artifacts-destination") == "s3://bucket/served"
+    assert_no_store_on(command, *EXPLICIT_STORES.values(), "pw-secret", "pw-registry")
+    env = mlflow_environment(settings, {})
+    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql://u:pw-secret@h/db"
+    assert env["MLFLOW_REGISTRY_STORE_URI"] == "mysql+pymysql://r:pw-registry@h/reg"
+    assert env["MLFLOW_DEFAULT_ARTIFACT_ROOT"] == "s3://bucket/root"
+    assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://bucket/served"
+
+
+def test_the_settings_stores_win_over_the_environments():
+    # The settings were read from the environment or from flags; a flag wins, and a store left
+    # unset is MLflow's default, not a stale value the environment happens to hold.
+    base = {"MLFLOW_BACKEND_STORE_URI": "sqlite:///env.db", "MLFLOW_REGISTRY_STORE_URI": "sqlite:///stale.db", "MLFLOW_DEFAULT_ARTIFACT_ROOT": "s3://stale"}
+    env = mlflow_environment(Settings(backend_store_uri="sqlite:///flag.db"), base)
+    assert env["MLFLOW_BACKEND_STORE_URI"] == "sqlite:///flag.db"
+    assert "MLFLOW_REGISTRY_STORE_URI" not in env and "MLFLOW_DEFAULT_ARTIFACT_ROOT" not in env
+
+
+def test_the_start_log_names_the_stores_with_passwords_masked():
+    process = MlflowProcess(["python"], {"MLFLOW_BACKEND_STORE_URI": "postgresql://u:pw-secret@h/db"}, "http://127.0.0.1:1", print)
+    assert process.stores() == "MLFLOW_BACKEND_STORE_URI=postgresql://u:***@h/db"
+    assert MlflowProcess(["python"], {}, "http://127.0.0.1:1", print).stores() == "none"
 
 
 def test_command_no_serve_artifacts(tmp_path):
-    command = mlflow_command(Settings(data_dir=tmp_path, serve_artifacts=False, artifacts_destination="s3://b/a"), 5000)
+    settings = Settings(data_dir=tmp_path, serve_artifacts=False, artifacts_destination="s3://b/a")
+    command = mlflow_command(settings, 5000)
     assert "--no-serve-artifacts" in command
     assert "--serve-artifacts" not in command
-    assert "--artifacts-destination" not in command
+    assert_no_store_on(command, "s3://b/a")
+    assert "MLFLOW_ARTIFACTS_DESTINATION" not in mlflow_environment(settings, {"MLFLOW_ARTIFACTS_DESTINATION": "s3://b/a"})
 
 
 def test_command_on_a_unix_socket_binds_it_and_no_port(tmp_path):
@@ -115,7 +149,7 @@ def test_command_on_a_unix_socket_binds_it_and_no_port(tmp_path):
     assert command[1:3] == ["-m", "launcher.mlflow_asgi"]
     assert "--port" not in command and "--host" not in command
     assert value_of(command, "--uds") == path
-    assert value_of(command, "--backend-store-uri") == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert_no_store_on(command, "mlflow.db")
 
 
 def test_mlflow_servers_command_on_a_unix_socket_binds_it_and_no_port(tmp_path):
@@ -125,7 +159,7 @@ def test_mlflow_servers_command_on_a_unix_socket_binds_it_and_no_port(tmp_path):
     assert "--port" not in command and "--host" not in command
     assert shlex.split(value_of(command, "--uvicorn-opts")) == ["--uds", path, "--forwarded-allow-ips", "*", "--no-access-log"]
     assert value_of(command, "--workers") == "2"
-    assert value_of(command, "--backend-store-uri") == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert_no_store_on(command, "mlflow.db")
 
 
 def test_command_on_tcp_passes_no_uvicorn_options(tmp_path):
