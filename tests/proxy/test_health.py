@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -108,3 +109,32 @@ async def test_health_over_http_follows_the_state_as_it_changes(start_front):
     assert (ready.status_code, ready.json()["status"]) == (200, "ok")
     assert (restarting.status_code, restarting.json()["reason"]) == (503, "mlflow is restarting")
     assert starting.headers["content-type"] == "application/json"
+
+
+def test_saturated_connections_answer_503_saying_so():
+    from proxy.forwarding.upstream_client import PoolLoad
+
+    busy = health_response(state_in(UpstreamPhase.READY), load=PoolLoad(in_use=512, limit=512, waiting=0))
+    assert busy.status_code == 200
+    assert body_of(busy)["connections"] == {"in_use": 512, "limit": 512, "waiting": 0}
+    saturated = health_response(state_in(UpstreamPhase.READY), load=PoolLoad(in_use=512, limit=512, waiting=7))
+    assert saturated.status_code == 503
+    body = body_of(saturated)
+    assert body["front"] == "saturated"
+    assert "512 of 512" in body["reason"] and "7 requests wait" in body["reason"]
+
+
+async def test_health_reports_a_full_pool_over_http(start_front, fake_mlflow):
+    front = start_front()
+    front.app.upstream.max_connections = 1
+    async with httpx.AsyncClient(base_url=front.url, timeout=10, trust_env=False) as session:
+        slow = asyncio.create_task(session.get("/slow"))  # holds the one connection
+        while not fake_mlflow.calls:
+            await asyncio.sleep(0.01)
+        waiting = asyncio.create_task(session.get("/api/x"))
+        await asyncio.sleep(0.2)
+        health = await session.get("/health")
+        slow.cancel()
+        waiting.cancel()
+    assert health.status_code == 503
+    assert health.json()["connections"]["waiting"] == 1

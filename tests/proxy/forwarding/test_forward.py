@@ -518,3 +518,54 @@ async def test_health_in_any_other_method_is_answered_by_the_front(client, fake_
     assert response.status_code == 405
     assert response.json()["error_code"] == "BAD_REQUEST"
     assert fake_mlflow.calls == []  # never MLflow's business
+
+
+FORWARDED_CLAIMS = {
+    "X-Forwarded-Host": "evil.example",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-For": "203.0.113.7",
+    "X-Forwarded-Email": "mallory@evil.example",
+    "X-Forwarded-User": "mallory",
+    "X-Forwarded-Preferred-Username": "mallory",
+    "X-Forwarded-Access-Token": "forged",
+    "X-Real-Ip": "203.0.113.7",
+    "Forwarded": "for=203.0.113.7;host=evil.example",
+}
+
+
+async def test_forwarded_headers_from_a_peer_that_is_no_configured_proxy_are_replaced(start_front, fake_mlflow):
+    # Only 10.9.9.9 is a proxy here: the test client (127.0.0.1) is an ordinary client.
+    untrusting = start_front(config=FrontConfig(upstream_timeout_seconds=UPSTREAM_TIMEOUT, trusted_proxies=("10.9.9.9",)))
+    async with httpx.AsyncClient(base_url=untrusting.url, timeout=10, trust_env=False) as session:
+        await session.get("/api/x", headers=FORWARDED_CLAIMS)
+
+    seen = last_call(fake_mlflow)
+    assert seen_headers(seen, "x-forwarded-for") == ["127.0.0.1"]
+    assert seen_headers(seen, "x-forwarded-proto") == ["http"]
+    assert seen_headers(seen, "x-forwarded-host") == [untrusting.host]
+    for name in ("x-forwarded-email", "x-forwarded-user", "x-forwarded-preferred-username", "x-forwarded-access-token", "x-real-ip", "forwarded"):
+        assert seen_headers(seen, name) == [], name
+
+
+async def test_forwarded_headers_from_a_configured_proxy_are_kept(client, fake_mlflow):
+    await client.get("/api/x", headers=FORWARDED_CLAIMS)
+
+    seen = last_call(fake_mlflow)
+    assert seen_headers(seen, "x-forwarded-email") == ["mallory@evil.example"]
+    assert seen_headers(seen, "x-real-ip") == ["203.0.113.7"]
+
+
+async def test_a_public_scheme_is_assumed_where_the_proxy_sends_none(start_front, fake_mlflow):
+    # Databricks Apps ends TLS and sends no X-Forwarded-Proto: a redirect must still say https.
+    front = start_front(config=FrontConfig(upstream_timeout_seconds=UPSTREAM_TIMEOUT, public_scheme="https"))
+    async with httpx.AsyncClient(base_url=front.url, timeout=10, trust_env=False) as session:
+        response = await session.get("/redirect/internal", headers={"X-Forwarded-Host": PUBLIC_HOST})
+        await session.get("/api/x")
+
+    assert response.headers["location"] == f"https://{PUBLIC_HOST}/x/?next=1"
+    assert seen_headers(last_call(fake_mlflow), "x-forwarded-proto") == ["https"]
+
+
+async def test_mlflow_server_header_is_not_passed_on(client):
+    response = await client.get("/api/x")
+    assert "server" not in response.headers
