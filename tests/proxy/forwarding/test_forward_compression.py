@@ -49,7 +49,9 @@ async def test_a_large_json_answer_is_compressed_for_a_client_that_accepts_it(fr
     assert response.status_code == 200
     assert response.headers["content-encoding"] == encoding
     assert "accept-encoding" in response.headers["vary"].lower()
-    assert int(response.headers["content-length"]) == len(response.content) < 64 * 1024 // 4
+    # Whole on arrival it goes out with its length; split into reads on a busy machine, it streams.
+    length = response.headers.get("content-length")
+    assert (int(length) if length else len(response.content)) == len(response.content) < 64 * 1024 // 4
     assert decoded(response) == json_body(64)
 
 
