@@ -19,14 +19,14 @@ from proxy.assets import UiAssets
 from proxy.exchange import Exchange
 from proxy.observation.metrics import FrontMetrics
 from proxy.observation.observer import RequestObserver
-from proxy.observation.routes import RouteLabels
+from proxy.observation.routes import MAX_TEMPLATES, OTHER, RouteLabels
 from proxy.upstream import UpstreamPhase, UpstreamState
 from tests.proxy.conftest import SSE_GAP_SECONDS, run_front
 
 ROOT = Path(__file__).resolve().parents[3]
 RUNS_GET = "/api/2.0/mlflow/runs/get"
 LOG_BATCH = "/api/2.0/mlflow/runs/log-batch"
-ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts/{path}"
+ARTIFACTS = "/api/2.0/mlflow-artifacts/artifacts/{artifact_path}"
 
 
 class Scrape:
@@ -265,6 +265,21 @@ async def test_distinct_artifact_paths_through_the_whole_app_share_one_route(ui_
     metrics = Scrape(app.metrics.exposition().decode())
     assert metrics.label_values("route") == {ARTIFACTS}
     assert metrics.value("mlflow_app_requests_total", method="GET", route=ARTIFACTS, status="503") == 200
+
+
+async def test_paths_clients_make_up_never_reach_a_label(ui_build, caplog):
+    caplog.set_level("WARNING")
+    state = UpstreamState(base_url="http://127.0.0.1:9", phase=UpstreamPhase.STARTING)  # every answer the front's 503
+    app = create_app(FrontConfig(), state, UiAssets(ui_build))
+    secret = "secretvalueplacedinapath"
+    assert await call(app, "GET", f"/api/2.0/mlflow/{secret}/x") == 503
+    for i in range(MAX_TEMPLATES + 10):  # more than the cap: it must not be what holds them back
+        assert await call(app, "GET", f"/ajax-api/3.0/mlflow/made-up-{i}/get") == 503
+    assert await call(app, "GET", "/api/2.0/mlflow/experiments/search") == 503
+    metrics = Scrape(app.metrics.exposition().decode())
+    assert secret not in metrics.text
+    assert metrics.label_values("route") == {OTHER, "/api/2.0/mlflow/experiments/search"}
+    assert metrics.value("mlflow_app_requests_total", method="GET", route=OTHER, status="503") == MAX_TEMPLATES + 11
 
 
 def test_ten_thousand_artifact_paths_make_a_handful_of_series():
