@@ -89,6 +89,7 @@ class Front:
         self.any_origin = "*" in config.edge_policy.allowed_origins
         self.public_scheme = config.public_scheme.encode() if config.public_scheme else None
         self.metrics = metrics
+        metrics.watch_pool(self.upstream.load)
         self.observer = RequestObserver(metrics)
         self.verdicts = RememberedVerdicts(config.edge_policy)
         self.token = TokenCheck(config.auth_token) if config.auth_token else None

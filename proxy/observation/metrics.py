@@ -8,7 +8,7 @@ built by `create_app` counts only its own requests. `proxy.observation.observer`
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from starlette.responses import Response
 
+from proxy.forwarding.upstream_client import PoolLoad
 from proxy.observation.routes import RouteLabels
 from proxy.upstream import UpstreamPhase, UpstreamState
 
@@ -110,6 +111,10 @@ class FrontMetrics:
         tally.bytes_in += bytes_in
         tally.bytes_out += bytes_out
 
+    def watch_pool(self, load: Callable[[], PoolLoad]) -> None:
+        """Export how busy the connections to MLflow are (the forwarder's client owns them)."""
+        self.registry.register(PoolCollector(load))
+
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""
         return generate_latest(WithoutCreated(self.registry))
@@ -175,6 +180,21 @@ class RequestCollector(Collector):
         )
         yield bytes_in
         yield bytes_out
+
+
+class PoolCollector(Collector):
+    """The connections to MLflow at scrape time: in use, the limit, and requests waiting for one."""
+
+    def __init__(self, load: Callable[[], PoolLoad]):
+        self.load = load
+
+    def collect(self) -> Iterable[Metric]:
+        load = self.load()
+        yield GaugeMetricFamily(f"{PREFIX}_upstream_connections_in_use", "Connections to MLflow serving a request now.", value=load.in_use)
+        yield GaugeMetricFamily(f"{PREFIX}_upstream_connections_limit", "The most connections the front opens to MLflow.", value=load.limit)
+        yield GaugeMetricFamily(
+            f"{PREFIX}_upstream_requests_waiting", "Requests waiting for a connection to MLflow to come free.", value=load.waiting
+        )
 
 
 class UpstreamCollector(Collector):

@@ -163,6 +163,22 @@ async def test_requests_in_flight_rise_and_return_to_zero(http):
         await asyncio.sleep(0.02)
 
 
+async def test_connections_to_mlflow_in_use_are_a_gauge(http):
+    before = await scrape(http)
+    assert before.value("mlflow_app_upstream_connections_limit") == 512
+    assert before.value("mlflow_app_upstream_requests_waiting") == 0
+    async with http.stream("GET", "/sse") as events:
+        chunks = events.aiter_bytes()
+        await anext(chunks)
+        assert (await scrape(http)).value("mlflow_app_upstream_connections_in_use") == 1
+        async for _ in chunks:
+            pass
+    deadline = asyncio.get_running_loop().time() + 2
+    while (await scrape(http)).value("mlflow_app_upstream_connections_in_use") != 0:
+        assert asyncio.get_running_loop().time() < deadline, "a connection stayed in use"
+        await asyncio.sleep(0.02)
+
+
 async def test_bytes_in_and_out_match_what_was_sent(http):
     bodies = [b"x" * 12_345, b"y" * 1, b""]
     received = 0
