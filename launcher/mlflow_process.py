@@ -213,12 +213,14 @@ class MlflowProcess:
             limit=1024 * 1024,
         )
         self._pump = asyncio.create_task(self._pump_output())
-        log.info("started MLflow (pid %s): %s; stores in its environment: %s", self.process.pid, " ".join(self.command[1:]), self.stores())
+        log.info("started MLflow (pid %s): %s; stores, in its environment: %s", self.process.pid, " ".join(self.command[1:]), self.stores())
 
     def stores(self) -> str:
-        """The store settings the child's environment holds, passwords masked, for the log."""
-        given = [f"{name}={uri_for_message(self.env[name])}" for name in STORE_ENV.values() if self.env.get(name)]
-        return ", ".join(given) or "none"
+        """The stores the child's environment holds, by the options that set them, passwords masked, for the log."""
+        given = [
+            f"--{option.replace('_', '-')} {uri_for_message(self.env[name])}" for option, name in STORE_ENV.items() if self.env.get(name)
+        ]
+        return " ".join(given) or "MLflow's defaults"
 
     async def _pump_output(self) -> None:
         assert self.process and self.process.stdout

@@ -130,8 +130,8 @@ def test_the_settings_stores_win_over_the_environments():
 
 def test_the_start_log_names_the_stores_with_passwords_masked():
     process = MlflowProcess(["python"], {"MLFLOW_BACKEND_STORE_URI": "postgresql://u:pw-secret@h/db"}, "http://127.0.0.1:1", print)
-    assert process.stores() == "MLFLOW_BACKEND_STORE_URI=postgresql://u:***@h/db"
-    assert MlflowProcess(["python"], {}, "http://127.0.0.1:1", print).stores() == "none"
+    assert process.stores() == "--backend-store-uri postgresql://u:***@h/db"
+    assert MlflowProcess(["python"], {}, "http://127.0.0.1:1", print).stores() == "MLflow's defaults"
 
 
 def test_command_no_serve_artifacts(tmp_path):
