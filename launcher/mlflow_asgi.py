@@ -20,6 +20,9 @@ Fenced: every MLflow internal it relies on is named here, as found in the versio
 environment names in `SERVER_ENV_NAMES` (checked on import), `resolve_default_artifact_root`, and the
 functions `MlflowServer.load` looks up. tests/launcher/test_mlflow_asgi.py runs MLflow's CLI with
 the same options and compares what it sets up with what this module does.
+
+Either way uvicorn logs with CHILD_LOG_CONFIG: MLflow's own log config plus a filter that folds the
+traceback of a request whose client went away mid-body into one line (launcher/child/disconnects.py).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import sys
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 TESTED_MLFLOW = ("3.17",)  # major.minor releases whose `mlflow server` this mirrors
 # `mlflow server` options read from the environment that this module does not mirror: when one is
@@ -132,10 +136,18 @@ def why_mlflow_server(options: argparse.Namespace, environ: Mapping[str, str]) -
     return None
 
 
+# uvicorn's log config in the child, both ways it runs (tests/launcher/test_child_disconnects.py
+# checks it is MLflow's own plus our filter).
+CHILD_LOG_CONFIG = Path(__file__).resolve().parent / "child" / "uvicorn_log_config.yaml"
 # MLflow's uvicorn access line per request repeats the front's request line (which has the status,
 # duration, bytes, request id and user), and folding it into our log cost the front more CPU per
 # request than forwarding the request did (docs/benchmarks.md).
 NO_ACCESS_LOG = "--no-access-log"
+
+
+def uvicorn_log_options() -> str:
+    """uvicorn's log options in `--uvicorn-opts` (MLflow's CLI then leaves out its own --log-config)."""
+    return f"--log-config {shlex.quote(str(CHILD_LOG_CONFIG))} {NO_ACCESS_LOG}"
 
 
 def mlflow_server_command(options: argparse.Namespace) -> list[str]:
@@ -148,9 +160,9 @@ def mlflow_server_command(options: argparse.Namespace) -> list[str]:
         # reach the socket, and it sends X-Forwarded-For itself, so uvicorn may trust it: the peer of
         # a Unix socket has no address, and without a trusted X-Forwarded-For MLflow would see no
         # client (its assistant then treats every caller as remote).
-        command += ["--uvicorn-opts", f"--uds {shlex.quote(options.uds)} --forwarded-allow-ips '*' {NO_ACCESS_LOG}"]
+        command += ["--uvicorn-opts", f"--uds {shlex.quote(options.uds)} --forwarded-allow-ips '*' {uvicorn_log_options()}"]
     else:
-        command += ["--host", options.host, "--port", str(options.port), f"--uvicorn-opts={NO_ACCESS_LOG}"]
+        command += ["--host", options.host, "--port", str(options.port), f"--uvicorn-opts={uvicorn_log_options()}"]
     if options.workers:
         command += ["--workers", str(options.workers)]
     command += ["--serve-artifacts"] if options.serve_artifacts else ["--no-serve-artifacts"]
@@ -191,7 +203,6 @@ class MlflowServer:
     assert_server_workspace_env_unset: Callable  # mlflow.utils.server_cli_utils: the CLI's start-up check
     find_app: Callable  # mlflow.server._find_app: an `mlflow.app` plugin's "module:attribute"
     is_factory: Callable  # mlflow.server._is_factory
-    uvicorn_log_config: str  # mlflow.server._UVICORN_LOG_CONFIG: the log format `mlflow server` gives uvicorn
 
     @classmethod
     def load(cls) -> MlflowServer:
@@ -216,7 +227,6 @@ class MlflowServer:
                 assert_server_workspace_env_unset=cli_utils.assert_server_workspace_env_unset,
                 find_app=server._find_app,
                 is_factory=server._is_factory,
-                uvicorn_log_config=str(server._UVICORN_LOG_CONFIG),
             )
         except AttributeError as exc:
             raise RuntimeError(f"{exc}: this MLflow is not one launcher/mlflow_asgi.py mirrors") from None
@@ -262,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     # On the socket only our front connects, and it sends X-Forwarded-For: trust it, as uvicorn
     # trusts 127.0.0.1 over TCP (and as mlflow_server_command does).
     address = {"uds": options.uds, "forwarded_allow_ips": "*"} if options.uds else {"host": options.host, "port": options.port}
-    uvicorn.run(app, factory=factory, workers=1, log_config=mlflow.uvicorn_log_config, access_log=False, **address)
+    uvicorn.run(app, factory=factory, workers=1, log_config=str(CHILD_LOG_CONFIG), access_log=False, **address)
 
 
 if __name__ == "__main__":

@@ -149,7 +149,7 @@ import json, os, sys
 import mlflow.server as server
 import mlflow.server.handlers as handlers
 from mlflow.utils.server_cli_utils import resolve_default_artifact_root
-from launcher.mlflow_asgi import MlflowServer, mlflow_server_command, parse_arguments, server_environment
+from launcher.mlflow_asgi import CHILD_LOG_CONFIG, mlflow_server_command, parse_arguments, server_environment
 
 options = parse_arguments(sys.argv[1:], os.environ)
 root = resolve_default_artifact_root(options.serve_artifacts, options.default_artifact_root, options.backend_store_uri)
@@ -175,7 +175,7 @@ cli.main(["server", *mlflow_server_command(options)[4:]], standalone_mode=False)
 print(json.dumps({
     "cli_env": captured["env"], "cli_command": captured["command"], "cli_stores": stores,
     "cli_workspaces": os.environ.get("MLFLOW_ENABLE_WORKSPACES"), "ours_env": ours, "ours_root": root,
-    "log_config": MlflowServer.load().uvicorn_log_config,
+    "log_config": str(CHILD_LOG_CONFIG),
 }))
 """
 
@@ -206,7 +206,7 @@ def test_the_server_is_set_up_as_mlflow_servers_cli_sets_it_up(tmp_path, setting
     (args, kwargs), = seen["cli_stores"]
     assert args == [settings.effective_backend_store_uri, settings.registry_store_uri or settings.effective_backend_store_uri, seen["ours_root"]]
     assert kwargs == {"workspace_store_uri": None, "read_replica_backend_store_uri": None}
-    # uvicorn: MLflow's app, log format, socket and trusted X-Forwarded-For, one worker.
+    # uvicorn: MLflow's app, our log config (MLflow's plus a filter), socket and trusted X-Forwarded-For, one worker.
     uvicorn = seen["cli_command"]
     assert uvicorn[1:3] == ["-m", "uvicorn"] and uvicorn[-1] == "mlflow.server.fastapi_app:app"
     assert uvicorn[uvicorn.index("--log-config") + 1] == seen["log_config"]

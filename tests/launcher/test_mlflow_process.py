@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from launcher.logs import CHILD_LOGGER
+from launcher.mlflow_asgi import CHILD_LOG_CONFIG
 from launcher.mlflow_process import (
     MAX_SOCKET_PATH_BYTES,
     ChildAddress,
@@ -157,7 +158,8 @@ def test_mlflow_servers_command_on_a_unix_socket_binds_it_and_no_port(tmp_path):
     command = mlflow_command(Settings(data_dir=tmp_path, workers=2), None, path)
     assert command[1:4] == ["-m", "mlflow", "server"]
     assert "--port" not in command and "--host" not in command
-    assert shlex.split(value_of(command, "--uvicorn-opts")) == ["--uds", path, "--forwarded-allow-ips", "*", "--no-access-log"]
+    uvicorn_options = ["--uds", path, "--forwarded-allow-ips", "*", "--log-config", str(CHILD_LOG_CONFIG), "--no-access-log"]
+    assert shlex.split(value_of(command, "--uvicorn-opts")) == uvicorn_options
     assert value_of(command, "--workers") == "2"
     assert_no_store_on(command, "mlflow.db")
 
