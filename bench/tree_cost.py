@@ -99,7 +99,6 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--settle", type=float, default=5.0, help="seconds between ready and reading memory")
     args = parser.parse_args()
-    env = {**mlflow_environment(Settings()), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     results: dict[str, list[dict]] = {"cli": [], "direct": []}
     with tempfile.TemporaryDirectory(prefix="tree-cost-") as scratch:
         for run in range(args.runs):
@@ -107,6 +106,8 @@ def main() -> None:
                 data_dir = Path(scratch) / f"{way}-{run}"
                 socket_path = str(Path(scratch) / f"{way}.sock")
                 command = commands(data_dir, socket_path)[way]
+                # The stores reach MLflow in its environment (never argv): each run its own data dir.
+                env = {**mlflow_environment(Settings(data_dir=data_dir)), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
                 load = os.getloadavg()[0]
                 fresh = one_start(command, env, socket_path, Path(scratch) / f"{way}.log", args.settle)
                 again = one_start(command, env, socket_path, Path(scratch) / f"{way}.log", args.settle)
