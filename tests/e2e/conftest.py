@@ -8,6 +8,7 @@ import mlflow
 import pytest
 
 from tests.app_process import QUIET_ENV, AppProcess
+from tests.postgres_server import PostgresServer, postgres_bin_dir
 
 # Distinctive values, so that finding any of them in output is a leak and nothing else.
 AUTH_TOKEN = "appTOKENf7c3a91e5b0d4c2a8e6f"
@@ -90,3 +91,19 @@ def backing(standin_workspace):
     from tests.standin.workspace import BackingMlflow
 
     return BackingMlflow(standin_workspace.backing_url)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL on 127.0.0.1, shared by the tests that create databases in it. CI
+    installs it (.ci/run); elsewhere it may be missing."""
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/pg_ctl); .ci/run installs Debian's postgresql")
+        pytest.skip("PostgreSQL is not installed: apt-get install postgresql (no /usr/lib/postgresql/*/bin/pg_ctl)")
+    server = PostgresServer(bin_dir).start()
+    try:
+        yield server
+    finally:
+        server.stop()

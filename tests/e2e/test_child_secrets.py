@@ -9,7 +9,6 @@ as a platform's secret would be, and every process of the app's tree is read whi
 
 from __future__ import annotations
 
-import os
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -18,26 +17,11 @@ import psutil
 import pytest
 
 from tests.app_process import AppProcess
-from tests.postgres_server import PostgresServer, postgres_bin_dir
 
 pytestmark = pytest.mark.e2e
 
 DB_PASSWORD = "pgCHILDsecret5e8a1c3f9b"  # distinctive: finding it anywhere outside an environment is a leak
 REGISTRY_PASSWORD = "pgREGISTRYsecret0d7b4e2a6c"
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/pg_ctl); .ci/run installs Debian's postgresql")
-        pytest.skip("PostgreSQL is not installed: apt-get install postgresql (no /usr/lib/postgresql/*/bin/pg_ctl)")
-    server = PostgresServer(bin_dir).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

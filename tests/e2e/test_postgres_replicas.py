@@ -7,7 +7,6 @@ test_client_tracking.py and test_client_artifacts_models.py run again here, agai
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,11 @@ import pytest
 
 from launcher.database import schema_head
 from tests.app_process import AppProcess
-from tests.e2e.test_client_artifacts_models import iris_model, test_artifacts_travel_over_http, test_model_registry_workflow  # noqa: F401
+from tests.e2e.test_client_artifacts_models import (  # noqa: F401
+    iris_model,
+    test_artifacts_travel_over_http,
+    test_model_registry_workflow,
+)
 from tests.e2e.test_client_tracking import (  # noqa: F401 - collected here again, on PostgreSQL
     test_deleted_run_is_hidden_then_restored,
     test_duplicate_experiment_is_mlflows_own_error,
@@ -25,26 +28,10 @@ from tests.e2e.test_client_tracking import (  # noqa: F401 - collected here agai
     test_log_batch_and_search_with_filters_and_ordering,
     test_runs_params_metrics_tags_and_nesting,
 )
-from tests.postgres_server import PostgresServer, postgres_bin_dir
 
 pytestmark = pytest.mark.e2e
 
 DB_PASSWORD = "pgPASSWORDe41c9a0b7d"  # distinctive: finding it in any output is a leak
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A throwaway PostgreSQL on 127.0.0.1. CI installs it (.ci/run); elsewhere it may be missing."""
-    bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/pg_ctl); .ci/run installs Debian's postgresql")
-        pytest.skip("PostgreSQL is not installed: apt-get install postgresql (no /usr/lib/postgresql/*/bin/pg_ctl)")
-    server = PostgresServer(bin_dir).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
