@@ -129,13 +129,18 @@ def ui(app) -> Iterator[Ui]:
 
 
 @contextmanager
-def browser_page(app) -> Iterator[Ui]:
-    """Chromium on the app's public origin (a Databricks Apps host name mapped to 127.0.0.1)."""
+def browser_page(app, platform_edge: bool = False) -> Iterator[Ui]:
+    """Chromium on the app's public origin (a Databricks Apps host name mapped to 127.0.0.1).
+
+    `platform_edge`: the app runs as on Databricks Apps, where the platform's proxy ends TLS and the
+    front takes the public scheme for https. Here the page is served over plain http, so each
+    request says so, as a proxy serving http would (X-Forwarded-Proto: http)."""
     origin = f"http://{PUBLIC_HOST}:{app.port}"
+    headers = {"X-Forwarded-Proto": "http"} if platform_edge else {}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page = browser.new_page(viewport={"width": 1400, "height": 900}, extra_http_headers=headers)
             traffic = Traffic(origin)
             traffic.watch(page)
             yield Ui(page, origin, traffic)

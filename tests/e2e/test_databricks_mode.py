@@ -119,6 +119,19 @@ def test_every_workspace_call_carried_an_issued_token(client, standin_workspace)
 # --- a failing workspace holds no request for minutes ---------------------------------------------
 
 
+def test_the_public_scheme_is_https_where_the_platform_ends_tls(databricks_app):
+    # The platform's proxy ends TLS and sends no X-Forwarded-Proto: the UI's page is
+    # https://<app host>, and its writes must pass the same-origin check; an http:// page on the
+    # same host is another origin.
+    host = "mlflow-app-1234.aws.databricksapps.com"
+    url = f"{databricks_app.url}/ajax-api/2.0/mlflow/experiments/search"
+    body = {"max_results": 1}
+    same = httpx.post(url, json=body, headers={"Host": host, "X-Forwarded-Host": host, "Origin": f"https://{host}"}, timeout=60)
+    assert same.status_code == 200, same.text
+    other = httpx.post(url, json=body, headers={"Host": host, "X-Forwarded-Host": host, "Origin": f"http://{host}"}, timeout=60)
+    assert other.status_code == 403
+
+
 @pytest.mark.parametrize(("fault", "value"), [("mlflow_status", 503), ("mlflow_delay", 120.0)])
 def test_a_failing_workspace_fails_fast(databricks_app, standin_workspace, fault, value):
     """MLflow's defaults held such a call for 4 to 8 minutes; the front would have answered 504 at

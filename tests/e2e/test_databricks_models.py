@@ -150,7 +150,7 @@ def test_a_model_versions_files_are_read_only_through_the_app(registered, databr
 def test_run_and_model_pages(databricks_app, registered):
     run, _, _ = registered
     experiment_id = run.info.experiment_id
-    with browser_page(databricks_app) as ui:
+    with browser_page(databricks_app, platform_edge=True) as ui:
         # The run page and its artifact view: the logged model, read from the volume through the app.
         ui.open(f"/experiments/{experiment_id}/runs/{run.info.run_id}")
         ui.see(ui.page.get_by_role("heading", name=run.info.run_name))
