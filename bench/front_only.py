@@ -9,7 +9,7 @@ No MLflow: `bench.fake_upstream` answers every request at once with prepared byt
 loopback TCP and over a Unix socket. In front of it, each in its own process:
 
 - `front`, `front-unix`: the front's ASGI app (`proxy.app.create_app`) under uvicorn as
-  `mlflow-app serve` runs it (`launcher.runner.front_server_config`, uvloop, the request log on
+  `mlflow-app serve` runs it (`launcher.server.front_server_config`, uvloop, the request log on
   as by default, written to a file), told the upstream is ready; to the fake upstream over TCP,
   or over its Unix socket (`UpstreamState.unix_socket`). The UI directory is a one-file stand-in.
 - `nginx`, `nginx-unix`: Debian's nginx from bench/nginx.conf.j2 (keep-alive upstream).
@@ -72,11 +72,11 @@ def serve_front(port: int, upstream_port: int | None, upstream_unix: str | None,
     import uvicorn
 
     from launcher.logs import configure_logging
-    from launcher.runner import bind_socket, front_server_config
+    from launcher.redaction import Redactor
+    from launcher.server import bind_socket, front_server_config
     from launcher.settings import Settings
     from proxy.app import FrontConfig, create_app
     from proxy.assets import UiAssets
-    from proxy.redaction import Redactor
     from proxy.upstream import UpstreamPhase, UpstreamState
 
     settings = Settings()

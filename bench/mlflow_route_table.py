@@ -13,7 +13,7 @@ fails the tests until the table is regenerated.
 
 Fenced: what this relies on, as found in MLflow 3.17 (FastAPI 0.165, Flask 3):
 - `mlflow.server.fastapi_app.app`: the ASGI app `mlflow server` serves (and the one
-  launcher/child/app.py returns): FastAPI routes first, then MLflow's Flask app mounted at `/`.
+  launcher/inside_mlflow/workspace_plugin/plugin.py returns): FastAPI routes first, then MLflow's Flask app mounted at `/`.
 - `fastapi.routing.iter_route_contexts` to flatten included routers (FastAPI >= 0.165 keeps them
   nested); older FastAPI lists every route in `app.routes`. Each route's `path` is Starlette's
   template (`/x/{name}`, `/x/{name:path}`).

@@ -1,5 +1,5 @@
 """MLflow's own process tree: `mlflow server` (its CLI process, then uvicorn) against MLflow's ASGI
-app under uvicorn in one process (`python -m launcher.mlflow_asgi`), both as the launcher starts them.
+app under uvicorn in one process (`python -m launcher.inside_mlflow.serve_mlflow`), both as the launcher starts them.
 
 For each way and run: seconds from launch to MLflow's `/health` answering 200, CPU-seconds the tree
 used until then, the number of processes, and the tree's idle RSS and PSS (summed over its
@@ -25,7 +25,7 @@ import httpx
 import psutil
 
 from bench.servers import stop_group
-from launcher.mlflow_asgi import mlflow_server_command, parse_arguments
+from launcher.inside_mlflow.serve_mlflow import mlflow_server_command, parse_arguments
 from launcher.mlflow_process import mlflow_command, mlflow_environment
 from launcher.settings import Settings
 
@@ -33,7 +33,7 @@ from launcher.settings import Settings
 def commands(data_dir: Path, socket_path: str) -> dict[str, list[str]]:
     """Both ways, from the launcher's own command for these settings (one worker, no job runner)."""
     direct = mlflow_command(Settings(data_dir=data_dir), None, socket_path)
-    assert direct[1:3] == ["-m", "launcher.mlflow_asgi"], direct
+    assert direct[1:3] == ["-m", "launcher.inside_mlflow.serve_mlflow"], direct
     return {"cli": mlflow_server_command(parse_arguments(direct[3:])), "direct": direct}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from launcher.databricks import default_backend_store_uri, default_log_format, default_registry_store_uri
+from launcher.databricks.defaults import default_backend_store_uri, default_log_format, default_registry_store_uri
 from launcher.settings import MLFLOW_UNIX_SOCKET_DEFAULT, Settings, SettingsError, default_host, split_list, validate
 from proxy.edge.policy import DEFAULT_ALLOWED_HOSTS
 from proxy.edge.forwarded import parse_proxy_addresses
@@ -122,7 +122,7 @@ def serve(**options) -> None:
     try:
         settings = settings_from_options(options)
         validate(settings)
-        from launcher.runner import serve as run  # imported late: --help stays fast
+        from launcher.server import run_server as run  # imported late: --help stays fast
 
         run(settings)
     except SettingsError as exc:
@@ -300,8 +300,8 @@ def call_command(url, method, json_body, app_url, profile, timeout, header_lines
     mlflow-app call https://mlflow-123.aws.databricksapps.com/api/2.0/mlflow/experiments/search POST '{"max_results": 5}'
     mlflow-app call /api/2.0/mlflow/experiments/get-by-name GET '{"experiment_name": "Default"}'
     """
-    from launcher.app_token import AppTokenError, DatabricksToken, TokenTargets
-    from launcher.call import CallError, authorize, build_call, send
+    from launcher.client.app_token import AppTokenError, DatabricksToken, TokenTargets
+    from launcher.client.call import CallError, authorize, build_call, send
 
     try:
         request = build_call(url, method, json_body, app_url, header_lines)

@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 
-from proxy.redaction import Redactor
+from launcher.redaction import Redactor
 
 # The logger that carries the MLflow child's output. Not "mlflow": importing mlflow takes that one over.
 CHILD_LOGGER = "mlflow_app.child"

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import httpx
 
-from launcher.databricks import child_app_arguments, child_artifacts_destination, uses_workspace, workspace_environment
+from launcher.databricks.child_environment import child_app_arguments, child_artifacts_destination, workspace_environment
+from launcher.databricks.defaults import uses_workspace
+from launcher.inside_mlflow.serve_mlflow import STORE_ENV, mlflow_server_command, parse_arguments
 from launcher.logs import CHILD_LOGGER
-from launcher.mlflow_asgi import STORE_ENV, mlflow_server_command, parse_arguments
 from launcher.settings import Settings, uri_for_message
 
 log = logging.getLogger("mlflow_app.launcher")
@@ -87,10 +88,10 @@ def child_address(settings: Settings, private_dir: Path | None, free_port: Calla
 
 
 def runs_in_one_process(settings: Settings) -> bool:
-    """Whether MLflow runs as one process (launcher/mlflow_asgi.py) rather than `mlflow server` and its uvicorn child.
+    """Whether MLflow runs as one process (launcher/inside_mlflow/serve_mlflow.py) rather than `mlflow server` and its uvicorn child.
 
     Not with more than one worker (uvicorn's process manager) or with the job runner (which the CLI
-    starts beside uvicorn); launcher/mlflow_asgi.py itself runs `mlflow server` for an MLflow
+    starts beside uvicorn); launcher/inside_mlflow/serve_mlflow.py itself runs `mlflow server` for an MLflow
     version it does not mirror.
     """
     return settings.workers == 1 and not settings.job_execution
@@ -99,7 +100,7 @@ def runs_in_one_process(settings: Settings) -> bool:
 def mlflow_command(settings: Settings, port: int | None, unix_socket: str | None = None) -> list[str]:
     """MLflow's server from this environment, on `unix_socket` if given, else on 127.0.0.1:`port`.
 
-    `python -m launcher.mlflow_asgi` when it can run in one process, else `python -m mlflow
+    `python -m launcher.inside_mlflow.serve_mlflow` when it can run in one process, else `python -m mlflow
     server` with the same options. No store URI: those reach the child in its environment
     (`store_environment`), since every local user can read a command line and a URI may hold a password.
     """
@@ -108,7 +109,7 @@ def mlflow_command(settings: Settings, port: int | None, unix_socket: str | None
     options += ["--serve-artifacts"] if settings.serve_artifacts else ["--no-serve-artifacts"]
     options += child_app_arguments(settings)
     if runs_in_one_process(settings):
-        return [sys.executable, "-m", "launcher.mlflow_asgi", *options]
+        return [sys.executable, "-m", "launcher.inside_mlflow.serve_mlflow", *options]
     return mlflow_server_command(parse_arguments(options))
 
 

@@ -13,7 +13,7 @@ from proxy.edge.forwarded import LOOPBACK_PROXIES
 from proxy.edge.policy import DEFAULT_ALLOWED_HOSTS
 from proxy.forwarding.compression import DEFAULT_MIN_BYTES
 from proxy.forwarding.forwarder import DEFAULT_MAX_PER_CLIENT
-from proxy.redaction import Redactor
+from launcher.redaction import Redactor
 
 # Store URI schemes MLflow's server accepts (SQLAlchemy dialects may carry a driver: postgresql+psycopg).
 TRACKING_STORE_SCHEMES = frozenset({"", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks"})

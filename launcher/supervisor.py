@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from launcher.mlflow_process import MlflowProcess
-from proxy.redaction import Redactor
+from launcher.redaction import Redactor
 from proxy.upstream import UpstreamPhase, UpstreamState
 
 log = logging.getLogger("mlflow_app.launcher")

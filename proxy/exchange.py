@@ -17,6 +17,11 @@ from starlette.types import Message, Scope, Send
 
 from proxy.errors import send_mlflow_error
 
+# Where the front's HTTP edge (proxy/edge/http_protocol.py) notes, in the request's scope, what a client
+# it cut off for sending or reading too slowly got: the status the front answered in the app's stead
+# (408), or the one the app's answer had begun with. The forwarder reports that rather than 499.
+CUT_OFF_EXTENSION = "mlflow_app.cut_off"
+
 _SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 # New request ids: 64 random bits per process, then a counter (32 hex digits in all). Unique across
 # replicas and restarts without asking the kernel for randomness on every request.

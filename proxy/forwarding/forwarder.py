@@ -16,7 +16,7 @@ import time
 from starlette.types import Receive, Send
 
 from proxy.edge.forwarded import FORWARDED_HEADERS
-from proxy.exchange import Exchange
+from proxy.exchange import CUT_OFF_EXTENSION, Exchange
 from proxy.forwarding.compression import ResponseCompression
 from proxy.forwarding.upstream_client import (
     UpstreamClient,
@@ -63,9 +63,6 @@ TRAILING_WHITESPACE = (b" ", b"\t")
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # Half the pool (upstream_client.MAX_CONNECTIONS): one address can never take every connection.
 DEFAULT_MAX_PER_CLIENT = 256
-# Where the front's HTTP edge (launcher/http_protocol.py) notes the status it answered when it cut
-# off a client that sent or read too slowly; the request log reports that rather than 499.
-CUT_OFF_EXTENSION = "mlflow_app.cut_off"
 CLIENT_CLOSED = 499  # nginx's "client closed request"
 
 # Chunked uploads are spooled to learn their length (MLflow's Flask handlers read a chunked body

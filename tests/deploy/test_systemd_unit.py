@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from launcher.cli import serve
-from launcher.runner import CHILD_STOP_GRACE_SECONDS
+from launcher.redaction import SECRET_ENV_VARS
+from launcher.server import CHILD_STOP_GRACE_SECONDS
 from launcher.settings import Settings
-from proxy.redaction import SECRET_ENV_VARS
 
 PROJECT = Path(__file__).resolve().parents[2]
 UNIT = PROJECT / "deploy" / "systemd" / "mlflow-app.service"

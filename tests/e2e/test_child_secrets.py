@@ -67,7 +67,7 @@ def create_and_read_an_experiment(app: AppProcess) -> None:
 @pytest.mark.parametrize(
     ("arguments", "at_least"),
     [
-        ([], 2),  # MLflow in one process (launcher/mlflow_asgi.py): the front and the child
+        ([], 2),  # MLflow in one process (launcher/inside_mlflow/serve_mlflow.py): the front and the child
         (["--workers", "2"], 5),  # `mlflow server`, its uvicorn, two workers (and multiprocessing's helpers)
         (["--workers", "2", "--job-execution"], 7),  # plus MLflow's job runner and its huey consumers
     ],

@@ -37,7 +37,7 @@ def test_signs_in_as_the_service_principal_and_logs_json(databricks_app, standin
     assert f"workspace {standin_workspace.url}: signed in as {standin_workspace.client_id} (oauth-m2m)" in messages
     started = next(m for m in messages if m.startswith("started MLflow"))
     assert "--backend-store-uri databricks --registry-store-uri databricks-uc" in started
-    # The volume resource's path, as MLflow reaches it, and our adaptations loaded (launcher/child/).
+    # The volume resource's path, as MLflow reaches it, and our adaptations loaded (launcher/inside_mlflow/workspace_plugin/).
     assert f"--artifacts-destination dbfs:{VOLUME}/mlflow" in started and "--app-name mlflow-app-workspace" in started
     assert not any("artifacts go to" in m for m in messages)
 
@@ -69,7 +69,7 @@ def test_experiments(client, backing):
     landed = backing.get("experiments/get", experiment_id=experiment_id)["experiment"]
     assert landed["name"] == "/Users/e2e/experiments-renamed"
     assert {t["key"]: t["value"] for t in landed["tags"]} == {"team": "search", "stage": "draft"}
-    # Not the workspace's dbfs:/databricks/mlflow-tracking/<id>: a location the app serves (launcher/child/).
+    # Not the workspace's dbfs:/databricks/mlflow-tracking/<id>: a location the app serves (launcher/inside_mlflow/workspace_plugin/).
     assert landed["artifact_location"].startswith("mlflow-artifacts:/experiments/")
 
 

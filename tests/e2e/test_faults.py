@@ -150,7 +150,7 @@ def test_mlflow_that_cannot_start_is_reported_as_a_crash_loop(tmp_path):
         body = health.json()
         assert "crash loop" in body["reason"]
         assert body["mlflow"]["last_output"], "MLflow's last lines say why it cannot start"
-        # The database check before each start says what is wrong, in one line (launcher/database.py).
+        # The database check before each start says what is wrong, in one line (launcher/database_check.py).
         assert f"cannot reach PostgreSQL at 127.0.0.1:{unreachable} (connection refused)" in body["mlflow"]["last_exit_reason"]
         assert body["reason"].endswith(body["mlflow"]["last_exit_reason"])
         assert "crash loop" in app.log_text()

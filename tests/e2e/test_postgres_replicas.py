@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from launcher.database import schema_head
+from launcher.inside_mlflow.migrate_database import schema_head
 from tests.app_process import AppProcess
 from tests.e2e.test_client_artifacts_models import (  # noqa: F401
     iris_model,

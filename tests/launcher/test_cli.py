@@ -17,7 +17,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-import launcher.runner
+import launcher.server
 from launcher.cli import main, serve
 from launcher.settings import Settings, SettingsError
 from proxy.edge.policy import DEFAULT_ALLOWED_HOSTS
@@ -178,7 +178,7 @@ def captured(monkeypatch, tmp_path) -> list[Settings]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # the default ./mlflow-data lands in the test's directory
     runs: list[Settings] = []
-    monkeypatch.setattr(launcher.runner, "serve", runs.append)
+    monkeypatch.setattr(launcher.server, "run_server", runs.append)
     return runs
 
 
@@ -312,7 +312,7 @@ def test_settings_error_from_the_runner_is_one_line(monkeypatch, captured):
     def refuse(settings: Settings) -> None:
         raise SettingsError("--port: port 8000 on 127.0.0.1 is already in use; choose another port.")
 
-    monkeypatch.setattr(launcher.runner, "serve", refuse)
+    monkeypatch.setattr(launcher.server, "run_server", refuse)
     result = invoke()
     assert result.exit_code == 1
     assert result.stderr == "Error: --port: port 8000 on 127.0.0.1 is already in use; choose another port.\n"

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from launcher.logs import CHILD_LOGGER, BatchedStreamHandler, JsonFormatter, TextFormatter, configure_logging, printable, source_of
-from proxy.redaction import Redactor
+from launcher.redaction import Redactor
 
 SECRET = "dapi-0123456789abcdef-secret"
 REQUEST_FIELDS = {

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from launcher.inside_mlflow.serve_mlflow import CHILD_LOG_CONFIG
 from launcher.logs import CHILD_LOGGER
-from launcher.mlflow_asgi import CHILD_LOG_CONFIG
 from launcher.mlflow_process import (
     MAX_SOCKET_PATH_BYTES,
     ChildAddress,
@@ -51,7 +51,7 @@ def value_of(command: list[str], flag: str) -> str:
 
 def test_command_runs_mlflow_in_one_process_with_one_worker_and_no_job_runner(tmp_path):
     command = mlflow_command(Settings(data_dir=tmp_path), 5123)
-    assert command[:3] == [sys.executable, "-m", "launcher.mlflow_asgi"]
+    assert command[:3] == [sys.executable, "-m", "launcher.inside_mlflow.serve_mlflow"]
     assert value_of(command, "--port") == "5123"
 
 
@@ -147,7 +147,7 @@ def test_command_no_serve_artifacts(tmp_path):
 def test_command_on_a_unix_socket_binds_it_and_no_port(tmp_path):
     path = str(tmp_path / "private dir" / "mlflow.sock")
     command = mlflow_command(Settings(data_dir=tmp_path), None, path)
-    assert command[1:3] == ["-m", "launcher.mlflow_asgi"]
+    assert command[1:3] == ["-m", "launcher.inside_mlflow.serve_mlflow"]
     assert "--port" not in command and "--host" not in command
     assert value_of(command, "--uds") == path
     assert_no_store_on(command, "mlflow.db")

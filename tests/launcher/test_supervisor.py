@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from launcher.mlflow_process import MlflowProcess
+from launcher.redaction import Redactor
 from launcher.supervisor import Backoff, LivenessProbe, Supervisor
-from proxy.redaction import Redactor
 from proxy.upstream import UpstreamPhase, UpstreamState
 from tests.app_process import free_port
 from tests.launcher.fake_unix_server import unix_server_command

@@ -288,7 +288,7 @@ def run_front(
 ) -> Front:
     state = UpstreamState(base_url=base_url or f"http://127.0.0.1:{mlflow.port}", phase=phase)
     app = create_app(config or FrontConfig(upstream_timeout_seconds=UPSTREAM_TIMEOUT), state, assets or UiAssets(ui_build))
-    # As launcher/runner.py runs it: the front computes X-Forwarded-For from the real peer.
+    # As launcher/server.py runs it: the front computes X-Forwarded-For from the real peer.
     server = ThreadedServer(app, name="front", lifespan="auto", proxy_headers=False, server_header=False)
     return Front(server.start(), state, app)
 

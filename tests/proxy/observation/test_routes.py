@@ -167,7 +167,7 @@ def crafted_path(template: str, size: int = 32 * 1024) -> str:
 
 
 def test_crafted_long_paths_cost_little():
-    # One request target may be 32 KiB (launcher/http_protocol.py); a label must not cost milliseconds.
+    # One request target may be 32 KiB (proxy/edge/http_protocol.py); a label must not cost milliseconds.
     slowest = 0.0
     for template in ROUTES:
         path = crafted_path(template)
