@@ -134,6 +134,7 @@ async def run_front_and_mlflow(
             compression=ResponseCompression(min_bytes=settings.compress_min_bytes, enabled=settings.compress_responses),
             edge_policy=EdgePolicy(settings.allowed_hosts, settings.cors_allowed_origins),
             auth_token=settings.auth_token,
+            frame_options=settings.frame_options.upper(),
             trusted_proxies=settings.effective_forwarded_allow_ips,
             public_scheme="https" if on_databricks_apps() else None,  # TLS ends at the platform's proxy
             max_upstream_per_client=settings.max_upstream_per_client,

@@ -5,14 +5,13 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import os
-from dataclasses import dataclass, field
+from dataclasses import field, make_dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from launcher.settings_table import SERVE_SETTINGS, default_host, on_databricks_apps, split_list  # noqa: F401 (names of this module)
 from proxy.edge.forwarded import LOOPBACK_PROXIES
-from proxy.edge.policy import DEFAULT_ALLOWED_HOSTS
-from proxy.forwarding.compression import DEFAULT_MIN_BYTES
-from proxy.forwarding.forwarder import DEFAULT_MAX_PER_CLIENT
+from launcher.mlflow_package import mlflow_package_dir
 from launcher.redaction import Redactor
 
 # Store URI schemes MLflow's server accepts (SQLAlchemy dialects may carry a driver: postgresql+psycopg).
@@ -26,49 +25,22 @@ ARTIFACT_SCHEMES = frozenset(
 )  # fmt: skip
 
 
-# MLflow on a Unix socket in the launcher's private directory (launcher/mlflow_process.py,
-# child_address) instead of a loopback port; the CLI's default reads it too.
-MLFLOW_UNIX_SOCKET_DEFAULT = True
-
-
 class SettingsError(ValueError):
     """A setting that cannot work; the message is one line that says what to change."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    backend_store_uri: str | None = None
-    registry_store_uri: str | None = None
-    default_artifact_root: str | None = None
-    serve_artifacts: bool = True
-    artifacts_destination: str | None = None
-    workers: int = 1
-    job_execution: bool = False
-    ui_dir: Path | None = None
-    log_format: str = "text"
-    log_level: str = "info"
-    mlflow_log_level: str | None = None  # None: as log_level
-    mlflow_port: int = 0
-    mlflow_unix_socket: bool = MLFLOW_UNIX_SOCKET_DEFAULT
-    data_dir: Path = Path("mlflow-data")
-    upstream_timeout: float = 60.0
-    mlflow_start_timeout: float = 300.0
-    drain_seconds: float = 8.0
-    compress_responses: bool = True
-    compress_min_bytes: int = DEFAULT_MIN_BYTES
-    mlflow_probe_interval: float = 10.0
-    mlflow_probe_failures: int = 3
-    client_idle_timeout: float = 60.0
-    client_min_rate: int = 1024
-    max_upstream_per_client: int = DEFAULT_MAX_PER_CLIENT
-    forwarded_allow_ips: tuple[str, ...] | None = None  # None: loopback, and any peer on Databricks Apps
-    allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS
-    cors_allowed_origins: tuple[str, ...] = ()
-    auth_token: str | None = field(default=None, repr=False)  # a credential: never in a repr or log
-    no_auth: bool = False
-    extra_env: dict[str, str] = field(default_factory=dict)
+# The fields and defaults come from the settings table; `extra_env` is set by tests and the
+# deploy tooling, never from the command line.
+_SettingsFields = make_dataclass(
+    "Settings",
+    [(row.field, row.type, field(default=row.default, repr=not row.secret)) for row in SERVE_SETTINGS]
+    + [("extra_env", dict[str, str], field(default_factory=dict))],
+    frozen=True,
+)
+
+
+class Settings(_SettingsFields):
+    """Every setting of `mlflow-app serve`, typed and checked once (launcher/settings_table.py)."""
 
     @property
     def embedded_backend_uri(self) -> str:
@@ -105,10 +77,10 @@ class Settings:
 
 def installed_mlflow_ui_dir() -> Path:
     """The UI build inside the installed `mlflow` package, found without importing mlflow (slow)."""
-    spec = importlib.util.find_spec("mlflow")
-    if spec is None or not spec.submodule_search_locations:
+    package = mlflow_package_dir()
+    if package is None:
         raise SettingsError("The mlflow package is not installed in this environment; install mlflow-app's dependencies (uv sync).")
-    return Path(list(spec.submodule_search_locations)[0]) / "server" / "js" / "build"
+    return package / "server" / "js" / "build"
 
 
 def uri_scheme(uri: str) -> str:
@@ -182,11 +154,6 @@ def check_ui_dir(ui_dir: Path) -> None:
 MIN_AUTH_TOKEN_LENGTH = 16
 
 
-def on_databricks_apps(environ: dict[str, str] | None = None) -> bool:
-    """Whether we run on Databricks Apps, whose proxy authenticates every user before us."""
-    return bool((os.environ if environ is None else environ).get("DATABRICKS_APP_NAME"))
-
-
 def is_loopback_host(host: str) -> bool:
     """Whether listening on `host` reaches this machine only; names other than localhost count as open."""
     if host.strip().lower() == "localhost":
@@ -231,12 +198,3 @@ def validate(settings: Settings) -> None:
     if settings.uses_data_dir:
         check_data_dir(settings.data_dir)
     check_ui_dir(settings.effective_ui_dir)
-
-
-def split_list(value: str | None) -> tuple[str, ...]:
-    return tuple(item.strip() for item in (value or "").split(",") if item.strip())
-
-
-def default_host() -> str:
-    """All interfaces on Databricks Apps (the platform's proxy must reach us), loopback elsewhere."""
-    return "0.0.0.0" if os.environ.get("DATABRICKS_APP_PORT") or on_databricks_apps() else "127.0.0.1"
