@@ -404,3 +404,14 @@ def test_auth_settings_from_environment(captured):
 
 def test_open_host_on_databricks_apps_needs_no_token(captured):
     assert only_run(invoke("--host", "0.0.0.0", env=ON_DATABRICKS_APPS), captured).host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(("args", "env", "expected"), [((), {}, "SAMEORIGIN"), (("--frame-options", "deny"), {}, "DENY"), ((), {"MLFLOW_APP_FRAME_OPTIONS": "NONE"}, "NONE")])
+def test_frame_options_from_the_command_line_or_the_environment(captured, args, env, expected):
+    assert only_run(invoke(*args, env=env), captured).frame_options == expected
+
+
+def test_frame_options_refuses_what_is_not_a_choice(captured):
+    result = invoke("--frame-options", "ALLOW-FROM x")
+    assert result.exit_code == 2 and "--frame-options" in result.output
+    assert captured == []
