@@ -8,7 +8,7 @@ from pathlib import Path
 from deploy.render import UI_DIR_IN_SOURCE, databricks_app_config, render_app_yaml
 from deploy.requirements import export_requirements, locked_mlflow
 from deploy.staging import StagedApp, check_limits, prepare_stage_dir, stage_app
-from deploy.ui_assets import Downloader, pip_download, provide_ui
+from deploy.ui_build import Downloader, pip_download, provide_ui
 
 
 def app_yaml_for(project_dir: Path, extra_env: Iterable[tuple[str, str]] = ()) -> str:

@@ -1,6 +1,6 @@
 """The folder that is uploaded: only what the app runs, checked against the platform's limits first.
 
-It holds our packages, `app.yaml`, `requirements.txt` and, when needed, the UI build. The checks
+It holds the packages the app runs (launcher/ and proxy/, not deploy/), `app.yaml`, `requirements.txt` and, when needed, the UI build. The checks
 refuse a file over the platform's 10 MB, and anything that looks secret: the folder is copied into
 the workspace, where other users and the app's snapshots may read it.
 """
@@ -15,7 +15,8 @@ from pathlib import Path
 
 from deploy import DeployError
 
-PACKAGES = ("launcher", "proxy", "deploy")
+# What the app runs. Not deploy/: it runs on the machine that deploys, never on the platform.
+PACKAGES = ("launcher", "proxy")
 LEFT_OUT = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
 MAX_FILE_BYTES = 10 * 1024 * 1024  # the platform's limit for one source file
 STAGE_MARKER = "app.yaml"  # a folder holding it was staged by us and may be replaced

@@ -9,6 +9,7 @@ import posixpath
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import DatabricksError, NotFound
@@ -26,9 +27,11 @@ from databricks.sdk.service.apps import (
 from databricks.sdk.service.workspace import ImportFormat
 
 from deploy import DeployError
-from deploy.plan import default_source_path, log_url
 from deploy.render import VOLUME_RESOURCE
 from deploy.staging import StagedApp
+from deploy.target import default_source_path, log_url
+
+T = TypeVar("T")
 
 DESCRIPTION = "MLflow tracking server behind mlflow-app's front process"
 UPLOAD_THREADS = 8
@@ -150,47 +153,70 @@ class AppDeployer:
 
     def wait_for_compute(self, app: App) -> App:
         """The app once its compute is ACTIVE (a new or started app takes a few minutes)."""
-        started = self.clock()
         last = None
-        while True:
+
+        def active(app: App, elapsed: float) -> bool:
+            nonlocal last
             state = app.compute_status.state if app.compute_status else None
             message = app.compute_status.message if app.compute_status else None
             if state == ComputeState.ACTIVE:
                 if last is not None:
-                    self.echo(f"  compute ACTIVE after {self.clock() - started:.0f} s")
-                return app
+                    self.echo(f"  compute ACTIVE after {elapsed:.0f} s")
+                return True
             if state in (ComputeState.ERROR, ComputeState.DELETING):
                 raise DeployError(f"The compute of app {app.name} is {state.value}: {message or 'no message'}. See the app's page in the workspace.")
             if (state, message) != last:
                 self.echo(f"  compute {state.value if state else 'PENDING'}: {message or ''}".rstrip(": "))
                 last = (state, message)
-            if self.clock() - started > self.timeout:
-                raise DeployError(f"The compute of app {app.name} did not become ACTIVE within {self.timeout:.0f} s; look at the app's page in the workspace.")
-            self.sleep(self.poll_interval)
+            return False
+
+        def read(app: App) -> App:
             with step(f"Reading app {app.name}"):
-                app = self.client.apps.get(app.name)
+                return self.client.apps.get(app.name)
+
+        overdue = f"The compute of app {app.name} did not become ACTIVE within {self.timeout:.0f} s; look at the app's page in the workspace."
+        return self.poll(app, read, active, overdue)
 
     def deploy_snapshot(self, app: App, source_path: str) -> AppDeployment:
         """Deploy a snapshot of `source_path` and wait until it runs; DeployError with the platform's reason if not."""
         self.echo(f"Deploying {source_path} to app {app.name} (snapshot)")
         with step(f"Deploying app {app.name}"):
             deployment = self.client.apps.deploy(app.name, AppDeployment(source_code_path=source_path, mode=AppDeploymentMode.SNAPSHOT)).response
-        started = self.clock()
         last = None
-        while True:
+
+        def running(deployment: AppDeployment, elapsed: float) -> bool:
+            nonlocal last
             state = deployment.status.state if deployment.status else None
             message = deployment.status.message if deployment.status else None
             label = state.value if state else "PENDING"  # states this SDK does not know read as None
             if (label, message) != last:
-                self.echo(f"  {self.clock() - started:5.0f} s  {label}: {message or ''}".rstrip(": "))
+                self.echo(f"  {elapsed:5.0f} s  {label}: {message or ''}".rstrip(": "))
                 last = (label, message)
             if state == AppDeploymentState.SUCCEEDED:
-                return deployment
+                return True
             if state in (AppDeploymentState.FAILED, AppDeploymentState.CANCELLED):
                 raise DeployError(f"Deployment {deployment.deployment_id} of app {app.name} {label}: {message or 'no message'}. The app's log: {log_url(app.url or '')}")
-            if self.clock() - started > self.timeout:
-                raise DeployError(f"Deployment {deployment.deployment_id} of app {app.name} is still {label} after {self.timeout:.0f} s; follow it at {log_url(app.url or '')}")
-            self.sleep(self.poll_interval)
+            return False
+
+        def read(deployment: AppDeployment) -> AppDeployment:
             with step(f"Reading deployment {deployment.deployment_id}"):
-                deployment = self.client.apps.get_deployment(app.name, deployment.deployment_id)
+                return self.client.apps.get_deployment(app.name, deployment.deployment_id)
+
+        def overdue(deployment: AppDeployment) -> str:
+            label = deployment.status.state.value if deployment.status and deployment.status.state else "PENDING"
+            return f"Deployment {deployment.deployment_id} of app {app.name} is still {label} after {self.timeout:.0f} s; follow it at {log_url(app.url or '')}"
+
+        return self.poll(deployment, read, running, overdue)
+
+    def poll(self, first: T, read: Callable[[T], T], settled: Callable[[T, float], bool], overdue: str | Callable[[T], str]) -> T:
+        """`first`, then `read(last)` every `poll_interval`, until `settled(value, seconds so far)` is true (it
+        raises for a state that will never settle); DeployError saying `overdue` once `timeout` has passed."""
+        started = self.clock()
+        value = first
+        while not settled(value, self.clock() - started):
+            if self.clock() - started > self.timeout:
+                raise DeployError(overdue(value) if callable(overdue) else overdue)
+            self.sleep(self.poll_interval)
+            value = read(value)
+        return value
 

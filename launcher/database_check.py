@@ -8,7 +8,6 @@ is not current. Its output joins our log; its one failure line becomes the reaso
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Callable
@@ -59,25 +58,13 @@ class DatabaseCheck:
         return None
 
     async def _run_child(self, option: str, uri: str, on_output: Callable[[str], None]) -> tuple[int, str | None]:
-        from launcher.mlflow_process import die_with_parent, level_of
+        from launcher.mlflow_process import level_of, output_lines, spawn
 
         log.info("checking the database %s before MLflow starts", uri_for_message(uri))
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", MIGRATION_SCRIPT,
-            env={**self.env, URI_VARIABLE: uri, OPTION_VARIABLE: option},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-            limit=1024 * 1024,
-        )  # fmt: skip
+        process = await spawn([sys.executable, "-m", MIGRATION_SCRIPT], {**self.env, URI_VARIABLE: uri, OPTION_VARIABLE: option})
         failure = None
         try:
-            assert process.stdout
-            while line := await process.stdout.readline():
-                text = line.decode("utf-8", "replace").rstrip()
-                if not text:
-                    continue
+            async for text in output_lines(process):
                 on_output(text)
                 if text.startswith(FAILURE_PREFIX):
                     failure = text.removeprefix(FAILURE_PREFIX)

@@ -11,7 +11,7 @@ import re
 import signal
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +158,28 @@ def die_with_parent() -> None:
         pass  # not Linux: the front's own shutdown path still stops the child
 
 
+async def spawn(command: list[str], env: dict[str, str], *, own_group: bool = False) -> asyncio.subprocess.Process:
+    """A child of ours: stdin closed, stdout and stderr on one pipe, SIGTERM when we die; `own_group` for a new process group."""
+    return await asyncio.create_subprocess_exec(
+        *command,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=own_group,
+        preexec_fn=die_with_parent,
+        limit=1024 * 1024,
+    )
+
+
+async def output_lines(process: asyncio.subprocess.Process) -> AsyncIterator[str]:
+    """A `spawn`ed child's output, line by line as it comes, decoded, without blank lines."""
+    assert process.stdout
+    while line := await process.stdout.readline():
+        if text := line.decode("utf-8", "replace").rstrip():
+            yield text
+
+
 def remove_stale_socket(path: str) -> None:
     """Remove a socket file a killed run left behind: with --workers > 1 uvicorn binds it plainly and
     exits on EADDRINUSE. Anything that is not a socket is left alone (and the child says why it fails)."""
@@ -203,16 +225,7 @@ class MlflowProcess:
     async def start(self) -> None:
         if self.unix_socket:
             remove_stale_socket(self.unix_socket)
-        self.process = await asyncio.create_subprocess_exec(
-            *self.command,
-            env=self.env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-            limit=1024 * 1024,
-        )
+        self.process = await spawn(self.command, self.env, own_group=True)
         self._pump = asyncio.create_task(self._pump_output())
         log.info("started MLflow (pid %s): %s; stores, in its environment: %s", self.process.pid, " ".join(self.command[1:]), self.stores())
 
@@ -224,14 +237,12 @@ class MlflowProcess:
         return " ".join(given) or "MLflow's defaults"
 
     async def _pump_output(self) -> None:
-        assert self.process and self.process.stdout
+        assert self.process
         level = logging.INFO
-        while line := await self.process.stdout.readline():
-            text = line.decode("utf-8", "replace").rstrip()
-            if text:
-                self.on_output(text)
-                level = level_of(text, level)
-                mlflow_log.log(level, text)
+        async for text in output_lines(self.process):
+            self.on_output(text)
+            level = level_of(text, level)
+            mlflow_log.log(level, text)
 
     def health_client(self, timeout: float) -> httpx.AsyncClient:
         """A client for `answers_health`: over the child's Unix socket when it has one."""

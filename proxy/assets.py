@@ -17,7 +17,9 @@ from pathlib import Path
 import anyio.to_thread
 import brotli
 from starlette.datastructures import Headers
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
+
+from proxy.errors import mlflow_error
 
 _CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
@@ -119,10 +121,9 @@ def _matches(if_none_match: str, etag: str) -> bool:
     return etag.removeprefix("W/") in (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
 
 
-def _not_found(relative_path: str) -> JSONResponse:
+def _not_found(relative_path: str) -> Response:
     shown = repr(relative_path[:200])[1:-1] + ("..." if len(relative_path) > 200 else "")
-    body = {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"No UI asset at '{shown}'"}
-    return JSONResponse(body, status_code=404)
+    return mlflow_error(404, f"No UI asset at '{shown}'")
 
 
 @dataclass
@@ -155,9 +156,7 @@ class UiAssets:
     async def response(self, relative_path: str, request_headers: Headers, method: str = "GET") -> Response:
         """Answer a GET or HEAD for `relative_path` inside the build: 200, 304, 404 or 405."""
         if method not in ("GET", "HEAD"):
-            message = f"Method {method!r} is not allowed on UI assets; use GET or HEAD"
-            body = {"error_code": "BAD_REQUEST", "message": message}
-            return JSONResponse(body, status_code=405, headers={"Allow": "GET, HEAD"})
+            return mlflow_error(405, f"Method {method!r} is not allowed on UI assets; use GET or HEAD", headers={"Allow": "GET, HEAD"})
         version = await anyio.to_thread.run_sync(self._version_of, relative_path)
         if version is None:
             return _not_found(relative_path)

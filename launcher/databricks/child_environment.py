@@ -5,11 +5,11 @@ the declaration of our `mlflow.app` plugin (launcher/inside_mlflow/workspace_plu
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from launcher.databricks.defaults import uses_workspace
+from launcher.databricks.volumes import VOLUME_NAME
 from launcher.settings import Settings
 
 # MLflow's client calls to the workspace, from inside the child. With MLflow's and databricks-sdk's
@@ -40,8 +40,6 @@ SDK_RETRY_TIMEOUT_SECONDS = 10
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # The folder of a volume that holds what the app serves, when the destination is a whole volume.
 VOLUME_FOLDER = "mlflow"
-# A Unity Catalog volume by its three-part name.
-VOLUME_NAME = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 
 def child_artifacts_destination(settings: Settings) -> str:
     """Where the child keeps served artifacts, as MLflow's repositories name it.
@@ -57,7 +55,7 @@ def child_artifacts_destination(settings: Settings) -> str:
         return destination
     if destination.startswith("/Volumes/"):
         destination = "dbfs:" + destination
-    elif VOLUME_NAME.match(destination):
+    elif VOLUME_NAME.fullmatch(destination):
         destination = "dbfs:/Volumes/" + destination.replace(".", "/")
     # MLflow's volume repository refuses a volume's root; a folder of ours keeps the rest of the
     # volume free for other uses.

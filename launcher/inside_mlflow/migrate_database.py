@@ -10,17 +10,17 @@ current. A failure ends the script with one line saying what to change (FAILURE_
 becomes the reason `/health` gives.
 
 It reads the store from its environment (URI_VARIABLE), never from its command line, and imports
-none of the front's modules.
+none of the front's modules (launcher.mlflow_package is the standard library only).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import sys
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from launcher.mlflow_package import mlflow_package_dir
 
 URI_VARIABLE = "MLFLOW_APP_DATABASE_URI"  # to the child in its environment, not on its visible command line
 OPTION_VARIABLE = "MLFLOW_APP_DATABASE_OPTION"
@@ -79,10 +79,10 @@ def schema_head() -> str | None:
     Read as text, not through alembic: loading the revisions would import MLflow (seconds). None
     when the files do not show exactly one head; the caller then asks MLflow itself.
     """
-    spec = importlib.util.find_spec("mlflow")
-    if spec is None or not spec.submodule_search_locations:
+    package = mlflow_package_dir()
+    if package is None:
         return None
-    versions = Path(list(spec.submodule_search_locations)[0]) / "store" / "db_migrations" / "versions"
+    versions = package / "store" / "db_migrations" / "versions"
     revisions, parents = set(), set()
     for path in versions.glob("*.py"):
         text = path.read_text(encoding="utf-8", errors="replace")

@@ -28,7 +28,6 @@ traceback of a request whose client went away mid-body into one line (launcher/i
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import logging
 import os
 import shlex
@@ -37,6 +36,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from launcher.mlflow_package import mlflow_version
 
 TESTED_MLFLOW = ("3.17",)  # major.minor releases whose `mlflow server` this mirrors
 # `mlflow server` options read from the environment that this module does not mirror: when one is
@@ -81,12 +82,8 @@ SERVER_ENV_NAMES = {
 
 
 def installed_mlflow_version() -> str | None:
-    for distribution in ("mlflow", "mlflow-skinny"):
-        try:
-            return importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+    """The installed MLflow's version; None without one."""
+    return mlflow_version()
 
 
 def supports_installed_mlflow(version: str | None = None) -> bool:

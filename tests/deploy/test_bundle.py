@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from deploy.plan import check_app_name
+from deploy.target import check_app_name
 from deploy.render import databricks_app_config, render_app_yaml
 from deploy.staging import STAGE_MARKER
 from deploy.workspace import DESCRIPTION, volume_resource

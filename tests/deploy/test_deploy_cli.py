@@ -43,7 +43,8 @@ def test_first_deploy_creates_the_app_uploads_and_deploys_a_snapshot(standin):
         {"name": "artifact-volume", "description": "MLflow artifacts", "uc_securable": {"securable_full_name": VOLUME, "securable_type": "VOLUME", "permission": "WRITE_VOLUME"}}
     ]
     files = state.files_under(SOURCE)
-    assert {"app.yaml", "requirements.txt", "launcher/__main__.py", "launcher/cli.py", "proxy/app.py", "deploy/workspace.py"} <= set(files)
+    assert {"app.yaml", "requirements.txt", "launcher/__main__.py", "launcher/cli.py", "proxy/app.py"} <= set(files)
+    assert not any(name.startswith("deploy/") for name in files)  # deploy/ runs only where one deploys
     assert {o.kind for o in files.values()} == {"FILE"} and {o.format for o in files.values()} == {"AUTO"}  # .py stays a file
     assert files["app.yaml"].content.decode() == (GOLDEN / "app.yaml").read_text()
     requirements = files["requirements.txt"].content.decode()

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from deploy import DeployError
 from deploy.staging import MAX_FILE_BYTES, check_limits, limit_problems, prepare_stage_dir, scan, stage_app
-from deploy.ui_assets import installed_mlflow
+from deploy.ui_build import installed_mlflow
 from launcher.cli import STAGE_DIR, main
 from tests.deploy.conftest import GOLDEN, REPO, copy_project
 
@@ -23,8 +23,8 @@ def test_only_what_the_app_runs(tmp_path):
     dest.mkdir()
     staged = stage_app(REPO, dest, app_yaml="command: []\n", requirements="click==8.1\n")
     paths = {f.path for f in staged.files}
-    assert {"app.yaml", "requirements.txt", "launcher/__main__.py", "launcher/cli.py", "proxy/app.py", "deploy/render.py"} <= paths
-    assert {p.split("/")[0] for p in paths} == {"app.yaml", "requirements.txt", "launcher", "proxy", "deploy"}
+    assert {"app.yaml", "requirements.txt", "launcher/__main__.py", "launcher/cli.py", "proxy/app.py"} <= paths
+    assert {p.split("/")[0] for p in paths} == {"app.yaml", "requirements.txt", "launcher", "proxy"}  # deploy/ runs only where one deploys
     assert not [p for p in paths if "__pycache__" in p or p.endswith(".pyc")]
     assert staged.total_size == sum((dest / p).stat().st_size for p in paths)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import launcher.inside_mlflow.serve_mlflow as mlflow_asgi
+import launcher.inside_mlflow.serve_mlflow as serve_mlflow
 from launcher.inside_mlflow.serve_mlflow import mlflow_server_command, parse_arguments, supports_installed_mlflow, why_mlflow_server
 from launcher.mlflow_process import mlflow_command, mlflow_environment
 from launcher.settings import Settings
@@ -32,7 +32,7 @@ def test_mirrors_only_the_mlflow_versions_it_was_checked_against(version, suppor
 
 
 def test_the_installed_mlflow_is_one_it_mirrors():
-    assert supports_installed_mlflow(), f"MLflow {mlflow_asgi.installed_mlflow_version()}: check launcher/inside_mlflow/serve_mlflow.py against it"
+    assert supports_installed_mlflow(), f"MLflow {serve_mlflow.installed_mlflow_version()}: check launcher/inside_mlflow/serve_mlflow.py against it"
 
 
 def test_one_process_when_nothing_needs_the_cli():
@@ -64,7 +64,7 @@ def test_mlflow_server_runs_when_workers_are_left_to_mlflow():
 
 
 def test_mlflow_server_runs_for_another_mlflow_version(monkeypatch):
-    monkeypatch.setattr(mlflow_asgi, "installed_mlflow_version", lambda: "3.99.0")
+    monkeypatch.setattr(serve_mlflow, "installed_mlflow_version", lambda: "3.99.0")
     assert "MLflow 3.99.0 is not a version this module mirrors" in why_mlflow_server(options(), JOBS_OFF)
 
 
@@ -81,7 +81,7 @@ def execve(monkeypatch):
 
     monkeypatch.setattr(os, "execve", execve)
     monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    for name in mlflow_asgi.STORE_ENV.values():
+    for name in serve_mlflow.STORE_ENV.values():
         monkeypatch.delenv(name, raising=False)
 
 
@@ -90,7 +90,7 @@ def test_the_fallback_execs_mlflow_server_with_the_same_options(execve, monkeypa
     monkeypatch.setenv("MLFLOW_ARTIFACTS_DESTINATION", "s3://b/served")
     arguments = ["--uds", "/run/x/mlflow.sock", "--workers", "3", "--no-serve-artifacts"]
     with pytest.raises(Exec) as raised:
-        mlflow_asgi.main(arguments)
+        serve_mlflow.main(arguments)
     path, argv, env = raised.value.args
     assert path == sys.executable
     assert argv == mlflow_server_command(parse_arguments(arguments))
@@ -104,7 +104,7 @@ def test_the_fallback_execs_mlflow_server_with_the_same_options(execve, monkeypa
 def test_the_fallback_moves_stores_given_as_options_into_mlflow_servers_environment(execve):
     arguments = ["--workers", "3", "--backend-store-uri", "postgresql://u:pw-secret@h/db", "--default-artifact-root", "s3://b/root"]
     with pytest.raises(Exec) as raised:
-        mlflow_asgi.main(arguments)
+        serve_mlflow.main(arguments)
     _, argv, env = raised.value.args
     assert not any("pw-secret" in argument or "--backend-store-uri" in argument for argument in argv)
     assert (env["MLFLOW_BACKEND_STORE_URI"], env["MLFLOW_DEFAULT_ARTIFACT_ROOT"]) == ("postgresql://u:pw-secret@h/db", "s3://b/root")
@@ -113,7 +113,7 @@ def test_the_fallback_moves_stores_given_as_options_into_mlflow_servers_environm
 
 def test_without_a_backend_store_it_says_which_variable_to_set(execve, capsys):
     with pytest.raises(SystemExit) as exited:
-        mlflow_asgi.main(["--workers", "1"])
+        serve_mlflow.main(["--workers", "1"])
     assert exited.value.code == 2
     assert "ERROR mlflow_app.child: no backend store: set MLFLOW_BACKEND_STORE_URI" in capsys.readouterr().err
 

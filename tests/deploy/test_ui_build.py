@@ -10,7 +10,7 @@ import pytest
 
 from deploy import DeployError
 from deploy.requirements import LockedMlflow
-from deploy.ui_assets import installed_mlflow, nearest_release_spec, provide_ui
+from deploy.ui_build import installed_mlflow, nearest_release_spec, provide_ui
 from tests.deploy.conftest import GIT_MLFLOW_VERSION, make_mlflow_wheel
 
 GIT_MLFLOW = LockedMlflow(GIT_MLFLOW_VERSION, "git", "https://github.com/mlflow/mlflow.git", "0" * 40, "branch master")

@@ -8,9 +8,9 @@ import re
 from deploy import DeployError
 from deploy.render import VOLUME_RESOURCE
 from deploy.staging import StagedApp
+from launcher.databricks.volumes import VOLUME_NAME
 
 APP_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
-VOLUME_NAME = re.compile(r"[^./\s]+\.[^./\s]+\.[^./\s]+")
 LOG_PATH = "/logz"  # where the platform shows an app's stdout and stderr
 
 

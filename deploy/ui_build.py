@@ -24,6 +24,7 @@ from packaging.version import InvalidVersion, Version
 
 from deploy import DeployError
 from deploy.requirements import LockedMlflow
+from launcher.mlflow_package import mlflow_package_dir, mlflow_version
 
 BUILD_IN_WHEEL = PurePosixPath("mlflow/server/js/build")
 SOURCE_MAP_SUFFIX = ".map"  # debugging aids, several MB each: over the platform's 10 MB per file
@@ -33,7 +34,7 @@ Downloader = Callable[[str, Path], Path]
 
 
 @dataclass(frozen=True)
-class UiAssets:
+class UploadedUiBuild:
     """A UI build written to the staged upload, and where it came from."""
 
     origin: str
@@ -60,11 +61,11 @@ def nearest_release_spec(version: str) -> str:
 
 def installed_mlflow() -> tuple[str | None, Path | None]:
     """The installed mlflow's version and UI build directory (None when absent), without importing it."""
-    spec = importlib.util.find_spec("mlflow")
-    if spec is None or not spec.submodule_search_locations:
+    package = mlflow_package_dir()
+    if package is None:
         return None, None
-    build = Path(list(spec.submodule_search_locations)[0]) / "server" / "js" / "build"
-    return importlib.metadata.version("mlflow"), build if (build / "index.html").is_file() else None
+    build = package / "server" / "js" / "build"
+    return mlflow_version(), build if (build / "index.html").is_file() else None
 
 
 def pip_download(requirement: str, dest: Path) -> Path:
@@ -142,7 +143,7 @@ def provide_ui(
     ui_wheel: Path | None = None,
     installed: tuple[str | None, Path | None] | None = None,
     download: Downloader = pip_download,
-) -> UiAssets | None:
+) -> UploadedUiBuild | None:
     """Write a UI build into `dest` when the platform's MLflow will lack one; None when it has its own.
 
     In order: the wheel given, the installed build when it is the locked version, the PyPI wheel of
@@ -153,14 +154,14 @@ def provide_ui(
     if ui_wheel is not None:
         version = wheel_version(ui_wheel)
         check_ui_version(version, mlflow.version, None)
-        return UiAssets(f"the UI of mlflow {version} from {ui_wheel.name}", version, *extract_ui(ui_wheel, dest))
+        return UploadedUiBuild(f"the UI of mlflow {version} from {ui_wheel.name}", version, *extract_ui(ui_wheel, dest))
     installed_version, installed_build = installed if installed is not None else installed_mlflow()
     if installed_build is not None and installed_version == mlflow.version:
-        return UiAssets(f"the UI of the installed mlflow {installed_version}", installed_version, *copy_ui(installed_build, dest))
+        return UploadedUiBuild(f"the UI of the installed mlflow {installed_version}", installed_version, *copy_ui(installed_build, dest))
     requirement = nearest_release_spec(mlflow.version)
     with tempfile.TemporaryDirectory(prefix="mlflow-wheel-") as tmp:
         wheel = download(requirement, Path(tmp))
         version = wheel_version(wheel)
         check_ui_version(version, mlflow.version, requirement)
         counts = extract_ui(wheel, dest)
-    return UiAssets(f"the UI of mlflow {version} from PyPI ({wheel.name}, nearest release to {mlflow.version})", version, *counts)
+    return UploadedUiBuild(f"the UI of mlflow {version} from PyPI ({wheel.name}, nearest release to {mlflow.version})", version, *counts)
