@@ -200,9 +200,7 @@ def fetch_answers(workdir: Path) -> list[Answer]:
         (
             "get-history-bulk-interval (5 runs)",
             "GET",
-            f"{AJAX}/metrics/get-history-bulk-interval?"
-            + "&".join(f"run_ids={run_id}" for run_id in ids["history_run_ids"])
-            + "&metric_key=train_loss&max_results=320",
+            f"{AJAX}/metrics/get-history-bulk-interval?" + "&".join(f"run_ids={run_id}" for run_id in ids["history_run_ids"]) + "&metric_key=train_loss&max_results=320",
             None,
         ),
         ("logged-models/search (100)", "POST", f"{AJAX}/logged-models/search", {"experiment_ids": [ids["model_experiment_id"]], "max_results": 100}),
@@ -433,10 +431,7 @@ def codecs() -> list[Codec]:
 
 
 def print_table(result: dict) -> None:
-    print(
-        "\n| answer | raw bytes | codec | bytes out | ratio | CPU ms | MB/s | client ms | memory KiB | "
-        "first out after | saved ms 10 Mbit/s | saved ms 100 Mbit/s | saved ms loopback |"
-    )
+    print("\n| answer | raw bytes | codec | bytes out | ratio | CPU ms | MB/s | client ms | memory KiB | first out after | saved ms 10 Mbit/s | saved ms 100 Mbit/s | saved ms loopback |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in result["rows"]:
         links = row["links"]
@@ -452,10 +447,7 @@ def print_table(result: dict) -> None:
     print("|---|---|---|---|---|---|")
     for row in result["small_answers"]:
         no = row.get("no_ns")
-        print(
-            f"| {row['answer']} | {row['bytes_in']:,} | {row['codec']} | {row['bytes_out']:,} | {row['yes_us']:.1f} | "
-            f"{'–' if no is None else no} |"
-        )
+        print(f"| {row['answer']} | {row['bytes_in']:,} | {row['codec']} | {row['bytes_out']:,} | {row['yes_us']:.1f} | {'–' if no is None else no} |")
 
 
 def main() -> None:

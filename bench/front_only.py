@@ -310,8 +310,7 @@ def summarise(rows: list[dict]) -> list[dict]:
         groups.setdefault((row["setup"], row["call"], row["c"]), []).append(row)
     keys = ("rps", "p50_ms", "p99_ms", "proxy_cpu_us", "upstream_cpu_us")
     return [
-        {"setup": s, "call": call, "c": c, **{k: _median(group, k) for k in keys}, "errors": sum(r["errors"] for r in group), "repeats": len(group)}
-        for (s, call, c), group in groups.items()
+        {"setup": s, "call": call, "c": c, **{k: _median(group, k) for k in keys}, "errors": sum(r["errors"] for r in group), "repeats": len(group)} for (s, call, c), group in groups.items()
     ]
 
 
@@ -342,8 +341,7 @@ def render_front_only(results: dict) -> str:
         f"Linux {machine_['kernel']}. Load average before/after: {meta['load_before']} / {meta['load_after']}. "
         f"Versions: Python {machine_['python']}, uvicorn {machine_['uvicorn']}, Starlette {machine_['starlette']}, "
         f"httpx {machine_['httpx']}, httptools {machine_['httptools']}, uvloop {machine_['uvloop']}, nginx {machine_['nginx']}, "
-        f"wrk {machine_['wrk']}; the front at {machine_['git']}"
-        + (f" with uncommitted changes to {', '.join(dirty)}." if dirty else "."),
+        f"wrk {machine_['wrk']}; the front at {machine_['git']}" + (f" with uncommitted changes to {', '.join(dirty)}." if dirty else "."),
         "",
     ]
     first = next((h for h in results["headline"] if h["front"] == "front" and h["nginx_cpu_us"]), None)
@@ -364,9 +362,7 @@ def render_front_only(results: dict) -> str:
     ]
     for h in results["headline"]:
         label = "" if h["front"] == "front" else " (Unix socket)"
-        out.append(
-            f"| {h['call']}{label} | {h['c']} | {h['front_cpu_us']:.0f} | {_num(h['nginx_cpu_us'], '.0f')} | {_num(h['ratio'], '.1f')}{'×' if h['ratio'] else ''} |"
-        )
+        out.append(f"| {h['call']}{label} | {h['c']} | {h['front_cpu_us']:.0f} | {_num(h['nginx_cpu_us'], '.0f')} | {_num(h['ratio'], '.1f')}{'×' if h['ratio'] else ''} |")
     floor = {(r["call"], r["c"]): r["p50_ms"] for r in results["summary"] if r["setup"] == "upstream"}
     out += [
         "",

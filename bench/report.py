@@ -1,7 +1,7 @@
 """Render a results file of bench/run.py (or bench/front_only.py) as the Markdown tables of docs/benchmarks.md.
 
-    uv run python -m bench.report bench/results/2026-11-23-1930.json
-    uv run python -m bench.report bench/results/front-only-2026-11-28-103139.json
+uv run python -m bench.report bench/results/2026-11-23-1930.json
+uv run python -m bench.report bench/results/front-only-2026-11-28-103139.json
 """
 
 from __future__ import annotations

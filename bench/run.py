@@ -168,9 +168,11 @@ class Bench:
                             if proxies[setup] and result.requests:  # the proxy's own CPU per request: steadier than req/s on a busy machine
                                 row["proxy_cpu_ms"] = round(1000 * (cpu_seconds(proxies[setup]) - cpu_before) / max(result.requests, 1), 3)
                             out.setdefault(call.name, {}).setdefault(str(connections), {}).setdefault(setup, []).append(row)
-                            log(f"api w={self.workers} {turn + 1}/{self.args.repeats} {call.name} c={connections} {setup}: "
+                            log(
+                                f"api w={self.workers} {turn + 1}/{self.args.repeats} {call.name} c={connections} {setup}: "
                                 f"{result.rps:.0f}/s p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms errors {result.errors} "
-                                f"proxy CPU {row.get('proxy_cpu_ms', 0):.2f} ms/request")
+                                f"proxy CPU {row.get('proxy_cpu_ms', 0):.2f} ms/request"
+                            )
         self.current["workloads"]["api"] = out
         self.current["memory_api_load"] = {"front_peak_mib": round(peak.front_peak_mib, 1), "tree_peak_mib": round(peak.tree_peak_mib, 1)}
 
@@ -181,7 +183,14 @@ class Bench:
     def ui(self) -> None:
         ui_dir = installed_mlflow_ui_dir()
         index_html = (ui_dir / "index.html").read_text()
-        out: dict = {"raw_bytes": workloads.raw_bytes_of(ui_dir, index_html), "references": len(workloads.index_references(index_html)), "cold": {}, "cold_identity": {}, "warm": {}, "largest_js": {}}
+        out: dict = {
+            "raw_bytes": workloads.raw_bytes_of(ui_dir, index_html),
+            "references": len(workloads.index_references(index_html)),
+            "cold": {},
+            "cold_identity": {},
+            "warm": {},
+            "largest_js": {},
+        }
         for turn in range(self.args.repeats):
             for setup in rotate(tuple(self.urls), turn):
                 url = self.urls[setup]
@@ -189,11 +198,11 @@ class Bench:
                 warm = workloads.page_load(url, cache=cold.cache)
                 plain = workloads.page_load(url, encoding="identity")
                 for key, load in (("cold", cold), ("warm", warm), ("cold_identity", plain)):
-                    out[key].setdefault(setup, []).append(
-                        {"ms": round(load.seconds * 1000, 1), "requests": load.requests, "wire_bytes": load.wire_bytes, "not_modified": load.not_modified}
-                    )
-                log(f"ui {turn + 1}/{self.args.repeats} {setup}: cold {cold.seconds * 1000:.0f} ms {cold.wire_bytes} B, "
-                    f"warm {warm.seconds * 1000:.0f} ms {warm.requests} requests, identity {plain.wire_bytes} B")
+                    out[key].setdefault(setup, []).append({"ms": round(load.seconds * 1000, 1), "requests": load.requests, "wire_bytes": load.wire_bytes, "not_modified": load.not_modified})
+                log(
+                    f"ui {turn + 1}/{self.args.repeats} {setup}: cold {cold.seconds * 1000:.0f} ms {cold.wire_bytes} B, "
+                    f"warm {warm.seconds * 1000:.0f} ms {warm.requests} requests, identity {plain.wire_bytes} B"
+                )
         asset = workloads.largest_js(ui_dir)
         out["largest_js_path"] = asset
         out["largest_js_bytes"] = (ui_dir / asset.removeprefix("/static-files/")).stat().st_size
@@ -223,8 +232,10 @@ class Bench:
                 out["download"].setdefault(setup, []).append(round(down.mb_per_s, 1))
                 if setup == "front":
                     out["front_growth_mib"].append(round(peak.front_peak_mib - peak.front_start_mib, 1))
-                log(f"artifact {turn + 1}/{self.args.repeats} {setup}: up {up.mb_per_s:.0f} MB/s, down {down.mb_per_s:.0f} MB/s, "
-                    f"front {peak.front_start_mib:.0f} -> peak {peak.front_peak_mib:.0f} MiB")
+                log(
+                    f"artifact {turn + 1}/{self.args.repeats} {setup}: up {up.mb_per_s:.0f} MB/s, down {down.mb_per_s:.0f} MB/s, "
+                    f"front {peak.front_start_mib:.0f} -> peak {peak.front_peak_mib:.0f} MiB"
+                )
         blob.unlink()
         self.current["workloads"]["artifact"] = out
 
@@ -245,8 +256,7 @@ class Bench:
                 times[name] = time.monotonic() - launched
 
             pollers = [
-                threading.Thread(target=poll, args=(name, url))
-                for name, url in (("index", front.url + "/"), ("health", front.url + "/health"), ("child", front.mlflow_url + "/health"))
+                threading.Thread(target=poll, args=(name, url)) for name, url in (("index", front.url + "/"), ("health", front.url + "/health"), ("child", front.mlflow_url + "/health"))
             ]
             for poller in pollers:
                 poller.start()
@@ -261,8 +271,10 @@ class Bench:
             alone_seconds = wait_for(alone.url + "/health", 300, alone.launch(), interval=0.01)
             alone.stop()
             out["mlflow_alone_health_s"].append(round(alone_seconds, 3))
-            log(f"start {turn + 1}/{self.args.repeats}: front index {times['index']:.2f} s, front /health {times['health']:.2f} s "
-                f"(its MLflow {times['child']:.2f} s); MLflow alone /health {alone_seconds:.2f} s")
+            log(
+                f"start {turn + 1}/{self.args.repeats}: front index {times['index']:.2f} s, front /health {times['health']:.2f} s "
+                f"(its MLflow {times['child']:.2f} s); MLflow alone /health {alone_seconds:.2f} s"
+            )
         self.results["workloads"]["start"] = out
 
     def tree(self) -> None:

@@ -135,7 +135,14 @@ def main() -> None:
         finally:
             upstream.terminate()
             upstream.wait()
-    result = {"machine": machine(("httpx", "aiohttp", "httptools", "uvloop")), "load_average": [load_before, load_average()], "rows": rows, "sends_non_utf8_header": obs_text, "requests": args.requests, "repeats": args.repeats}
+    result = {
+        "machine": machine(("httpx", "aiohttp", "httptools", "uvloop")),
+        "load_average": [load_before, load_average()],
+        "rows": rows,
+        "sends_non_utf8_header": obs_text,
+        "requests": args.requests,
+        "repeats": args.repeats,
+    }
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"upstream-clients-{time.strftime('%Y-%m-%d-%H%M')}.json"
     out.write_text(json.dumps(result, indent=2))

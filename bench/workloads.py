@@ -65,9 +65,7 @@ def api_calls(fixtures: Fixtures) -> list[Call]:
     metric_body = json.dumps(metric).encode().replace(b'"step": 0', b'"step": ' + STEP)
     batch = {
         "run_id": fixtures.write_run_id,
-        "metrics": [
-            {"key": f"batch_{i}", "value": i * 0.001, "timestamp": 1_700_000_000_000, "step": 0} for i in range(BATCH_METRICS)
-        ],
+        "metrics": [{"key": f"batch_{i}", "value": i * 0.001, "timestamp": 1_700_000_000_000, "step": 0} for i in range(BATCH_METRICS)],
     }
     batch_body = json.dumps(batch).encode().replace(b'"step": 0', b'"step": ' + STEP)
     search = {"experiment_ids": [fixtures.experiment_id], "max_results": SEARCH_RUNS, "filter": "attributes.run_name LIKE 'run-%'"}

@@ -147,7 +147,9 @@ class AppDeployer:
         resource = next((r for r in app.resources or [] if r.name == VOLUME_RESOURCE), None)
         current = resource.uc_securable.securable_full_name if resource and resource.uc_securable else None
         if current is None:
-            raise DeployError(f"App {app.name} has no volume resource named '{VOLUME_RESOURCE}', which app.yaml reads; add one (Can read and write) in the app's settings, or deploy under a new --app-name.")
+            raise DeployError(
+                f"App {app.name} has no volume resource named '{VOLUME_RESOURCE}', which app.yaml reads; add one (Can read and write) in the app's settings, or deploy under a new --app-name."
+            )
         if volume is not None and volume != current:
             raise DeployError(f"App {app.name} keeps its artifacts on {current}, not {volume}; drop --volume to keep {current}, or change the resource in the app's settings.")
 
@@ -219,4 +221,3 @@ class AppDeployer:
             self.sleep(self.poll_interval)
             value = read(value)
         return value
-

@@ -124,9 +124,7 @@ def store_environment(settings: Settings) -> dict[str, str | None]:
     }
 
 
-def mlflow_environment(
-    settings: Settings, base: dict[str, str] | None = None, sdk_profile: Path | None = None, child_plugin: Path | None = None
-) -> dict[str, str]:
+def mlflow_environment(settings: Settings, base: dict[str, str] | None = None, sdk_profile: Path | None = None, child_plugin: Path | None = None) -> dict[str, str]:
     """This process's environment for the child, minus our own variables, plus its settings.
 
     The stores are the settings' own (`store_environment`), whatever this environment held under
@@ -199,9 +197,7 @@ def level_of(line: str, previous: int = logging.INFO) -> int:
 class MlflowProcess:
     """One run of the MLflow server, in its own process group so it can be stopped as a whole."""
 
-    def __init__(
-        self, command: list[str], env: dict[str, str], base_url: str, on_output: Callable[[str], None], unix_socket: str | None = None
-    ):
+    def __init__(self, command: list[str], env: dict[str, str], base_url: str, on_output: Callable[[str], None], unix_socket: str | None = None):
         self.command = command
         self.env = env
         self.base_url = base_url
@@ -231,9 +227,7 @@ class MlflowProcess:
 
     def stores(self) -> str:
         """The stores the child's environment holds, by the options that set them, passwords masked, for the log."""
-        given = [
-            f"--{option.replace('_', '-')} {uri_for_message(self.env[name])}" for option, name in STORE_ENV.items() if self.env.get(name)
-        ]
+        given = [f"--{option.replace('_', '-')} {uri_for_message(self.env[name])}" for option, name in STORE_ENV.items() if self.env.get(name)]
         return " ".join(given) or "MLflow's defaults"
 
     async def _pump_output(self) -> None:

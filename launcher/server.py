@@ -85,9 +85,7 @@ def front_server_config(front, drain_seconds: float, settings: Settings | None =
     """uvicorn as the front runs: httptools with bounds on the request head and on slow clients, no
     access log of its own."""
     settings = settings or Settings()
-    protocol = BoundedHttpToolsProtocol.with_limits(
-        client_idle_seconds=settings.client_idle_timeout, client_min_bytes_per_second=settings.client_min_rate
-    )
+    protocol = BoundedHttpToolsProtocol.with_limits(client_idle_seconds=settings.client_idle_timeout, client_min_bytes_per_second=settings.client_min_rate)
     return uvicorn.Config(
         front,
         log_config=None,

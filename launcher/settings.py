@@ -9,10 +9,10 @@ from dataclasses import field, make_dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from launcher.settings_table import SERVE_SETTINGS, default_host, on_databricks_apps, split_list  # noqa: F401 (names of this module)
-from proxy.edge.forwarded import LOOPBACK_PROXIES
 from launcher.mlflow_package import mlflow_package_dir
 from launcher.redaction import Redactor
+from launcher.settings_table import SERVE_SETTINGS, default_host, on_databricks_apps, split_list  # noqa: F401 (names of this module)
+from proxy.edge.forwarded import LOOPBACK_PROXIES
 
 # Store URI schemes MLflow's server accepts (SQLAlchemy dialects may carry a driver: postgresql+psycopg).
 TRACKING_STORE_SCHEMES = frozenset({"", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks"})
@@ -33,8 +33,7 @@ class SettingsError(ValueError):
 # deploy tooling, never from the command line.
 _SettingsFields = make_dataclass(
     "Settings",
-    [(row.field, row.type, field(default=row.default, repr=not row.secret)) for row in SERVE_SETTINGS]
-    + [("extra_env", dict[str, str], field(default_factory=dict))],
+    [(row.field, row.type, field(default=row.default, repr=not row.secret)) for row in SERVE_SETTINGS] + [("extra_env", dict[str, str], field(default_factory=dict))],
     frozen=True,
 )
 
@@ -115,7 +114,9 @@ def check_database_driver(option: str, uri: str | None) -> None:
     driver = urlsplit(uri).scheme.partition("+")[2].lower()
     module = POSTGRES_DRIVER_MODULES.get(driver, driver)
     if importlib.util.find_spec(module) is None:
-        raise SettingsError(f"{option}: the PostgreSQL driver '{module}' is not installed; install mlflow-app with its postgres extra (uv sync --extra postgres, or pip install 'mlflow-app[postgres]') and use postgresql://.")
+        raise SettingsError(
+            f"{option}: the PostgreSQL driver '{module}' is not installed; install mlflow-app with its postgres extra (uv sync --extra postgres, or pip install 'mlflow-app[postgres]') and use postgresql://."
+        )
 
 
 def uri_password(uri: str | None) -> str | None:
@@ -148,7 +149,9 @@ def check_data_dir(data_dir: Path) -> None:
 
 def check_ui_dir(ui_dir: Path) -> None:
     if not (ui_dir / "index.html").is_file():
-        raise SettingsError(f"--ui-dir: no MLflow UI build at '{ui_dir}' (index.html missing); point --ui-dir (MLFLOW_APP_UI_DIR) at a build, or install the full mlflow package rather than mlflow-skinny or a source checkout.")
+        raise SettingsError(
+            f"--ui-dir: no MLflow UI build at '{ui_dir}' (index.html missing); point --ui-dir (MLFLOW_APP_UI_DIR) at a build, or install the full mlflow package rather than mlflow-skinny or a source checkout."
+        )
 
 
 MIN_AUTH_TOKEN_LENGTH = 16
@@ -169,11 +172,15 @@ def check_auth(settings: Settings, environ: dict[str, str] | None = None) -> Non
     token = settings.auth_token
     if token is not None:
         if len(token) < MIN_AUTH_TOKEN_LENGTH or not token.isascii() or not token.isprintable() or " " in token:
-            raise SettingsError(f"--auth-token: use at least {MIN_AUTH_TOKEN_LENGTH} printable ASCII characters without spaces, e.g. the output of: python -c 'import secrets; print(secrets.token_urlsafe(32))'.")
+            raise SettingsError(
+                f"--auth-token: use at least {MIN_AUTH_TOKEN_LENGTH} printable ASCII characters without spaces, e.g. the output of: python -c 'import secrets; print(secrets.token_urlsafe(32))'."
+            )
         return
     if settings.no_auth or is_loopback_host(settings.host) or on_databricks_apps(environ):
         return
-    raise SettingsError(f"--host: {settings.host} is reachable from other machines and no --auth-token is set; set --auth-token (MLFLOW_APP_AUTH_TOKEN), or pass --no-auth (MLFLOW_APP_NO_AUTH=true) to serve without authentication on purpose.")
+    raise SettingsError(
+        f"--host: {settings.host} is reachable from other machines and no --auth-token is set; set --auth-token (MLFLOW_APP_AUTH_TOKEN), or pass --no-auth (MLFLOW_APP_NO_AUTH=true) to serve without authentication on purpose."
+    )
 
 
 def validate(settings: Settings) -> None:

@@ -43,14 +43,8 @@ ALL_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIO
 OWN_PATHS = frozenset({"/", "/health", "/metrics"})
 STATIC_FILES = "/static-files/"
 UNGUARDED_PATHS = frozenset({"/health"})
-CROSS_ORIGIN_WRITE = (
-    "Cross-origin request blocked: this server accepts writes only from its own origin; allow "
-    "another with --cors-allowed-origins (MLFLOW_SERVER_CORS_ALLOWED_ORIGINS)."
-)
-UNKNOWN_HOST = (
-    "This server does not answer to the host name in the request's Host header; add it to "
-    "--allowed-hosts (MLFLOW_SERVER_ALLOWED_HOSTS)."
-)
+CROSS_ORIGIN_WRITE = "Cross-origin request blocked: this server accepts writes only from its own origin; allow another with --cors-allowed-origins (MLFLOW_SERVER_CORS_ALLOWED_ORIGINS)."
+UNKNOWN_HOST = "This server does not answer to the host name in the request's Host header; add it to --allowed-hosts (MLFLOW_SERVER_ALLOWED_HOSTS)."
 
 
 @dataclass(frozen=True)
@@ -82,9 +76,7 @@ class Front:
 
     def __init__(self, config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics):
         self.upstream = UpstreamClient(state)
-        self.forwarder = Forwarder(
-            state, self.upstream, config.upstream_timeout_seconds, config.compression, config.max_upstream_per_client
-        )
+        self.forwarder = Forwarder(state, self.upstream, config.upstream_timeout_seconds, config.compression, config.max_upstream_per_client)
         self.proxies = TrustedProxies(config.trusted_proxies)
         self.any_origin = "*" in config.edge_policy.allowed_origins
         self.public_scheme = config.public_scheme.encode() if config.public_scheme else None
@@ -149,9 +141,7 @@ class Front:
         await self.forwarder(exchange, receive, send, forward_origin=verdict is OriginVerdict.ALLOWED)
 
 
-def own_endpoints(
-    config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics, upstream: UpstreamClient
-) -> Starlette:
+def own_endpoints(config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics, upstream: UpstreamClient) -> Starlette:
     """The UI, `/health` and `/metrics` as Starlette routes, with the app's lifespan."""
 
     @asynccontextmanager

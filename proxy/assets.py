@@ -90,9 +90,8 @@ def _content_type(path: Path) -> str:
 
 def _is_compressible(content_type: str) -> bool:
     base = content_type.split(";")[0]
-    return base.startswith("text/") or base == "application/wasm" or any(
-        kind in base for kind in ("javascript", "json", "xml")  # json covers .map; xml covers svg
-    )
+    # json covers .map; xml covers svg
+    return base.startswith("text/") or base == "application/wasm" or any(kind in base for kind in ("javascript", "json", "xml"))
 
 
 def _accepted(accept_encoding: str) -> set[str]:
@@ -146,8 +145,7 @@ class UiAssets:
         """Serve files under `root`; raise UiAssetsMissing if it is not a UI build directory."""
         if not root.is_dir() or not (root / "index.html").is_file():
             raise UiAssetsMissing(
-                f"MLflow UI build not found at {root} (expected a directory with index.html); "
-                "reinstall the mlflow package, which ships the build under mlflow/server/js/build"
+                f"MLflow UI build not found at {root} (expected a directory with index.html); reinstall the mlflow package, which ships the build under mlflow/server/js/build"
             )
         self._root = root.resolve()
         self._versions: dict[Path, _FileVersion] = {}

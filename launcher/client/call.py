@@ -116,10 +116,7 @@ def authorize(call: Call, token: DatabricksToken, targets: TokenTargets) -> tupl
     if any(name.lower() == "authorization" for name in call.headers):
         return call, None
     if not targets.allows(call.url):
-        note = (
-            f"no Databricks token sent: {origin(call.url)} is not a Databricks Apps URL (https://*.databricksapps.com) "
-            f"and not under {TOKEN_URLS_ENV}."
-        )
+        note = f"no Databricks token sent: {origin(call.url)} is not a Databricks Apps URL (https://*.databricksapps.com) and not under {TOKEN_URLS_ENV}."
         return call, note
     try:
         headers = token.headers()

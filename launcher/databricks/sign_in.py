@@ -48,7 +48,9 @@ def check_workspace(timeout: float = CHECK_TIMEOUT_SECONDS) -> WorkspaceIdentity
     try:
         return call_with_deadline(signed_in_identity, timeout, "workspace-check")
     except DeadlinePassed:
-        raise WorkspaceCheckFailed(f"DATABRICKS_HOST: {host or 'the workspace'} did not complete sign-in within {timeout:.0f} s; check that the workspace is up and reachable from here.") from None
+        raise WorkspaceCheckFailed(
+            f"DATABRICKS_HOST: {host or 'the workspace'} did not complete sign-in within {timeout:.0f} s; check that the workspace is up and reachable from here."
+        ) from None
     except WorkspaceCheckFailed as exc:
         raise WorkspaceCheckFailed(redact(str(exc))) from None
     except Exception as exc:  # e.g. databricks-sdk missing: one line, not a traceback
@@ -67,7 +69,9 @@ def check_variables(environ: Mapping[str, str]) -> str | None:
     if not host:
         if has_profile:
             return None
-        raise WorkspaceCheckFailed("DATABRICKS_HOST is not set: the workspace stores need the workspace URL and credentials. Databricks Apps sets DATABRICKS_HOST, DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET; elsewhere set them (or DATABRICKS_TOKEN) yourself.")
+        raise WorkspaceCheckFailed(
+            "DATABRICKS_HOST is not set: the workspace stores need the workspace URL and credentials. Databricks Apps sets DATABRICKS_HOST, DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET; elsewhere set them (or DATABRICKS_TOKEN) yourself."
+        )
     if "://" not in host:
         host = f"https://{host}"  # as databricks-sdk reads it
     parts = urlsplit(host)
@@ -115,7 +119,9 @@ def signed_in_identity() -> WorkspaceIdentity:
     try:
         me = WorkspaceClient(config=config).current_user.me()
     except DatabricksError as exc:
-        raise WorkspaceCheckFailed(f"Databricks credentials: {host} refused them ({sdk_reason(exc)}); check the service principal (or DATABRICKS_TOKEN) and its access to the workspace.") from None
+        raise WorkspaceCheckFailed(
+            f"Databricks credentials: {host} refused them ({sdk_reason(exc)}); check the service principal (or DATABRICKS_TOKEN) and its access to the workspace."
+        ) from None
     except Exception as exc:  # noqa: BLE001 - e.g. databricks-sdk's TimeoutError after its retries
         raise WorkspaceCheckFailed(f"DATABRICKS_HOST: {host} did not answer who we are ({type(exc).__name__}: {sdk_reason(exc)}).") from None
     return WorkspaceIdentity(host=host, user_name=me.user_name or me.display_name or "?", auth_type=config.auth_type or "?")

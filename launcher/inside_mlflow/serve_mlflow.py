@@ -176,9 +176,7 @@ def server_environment(options: argparse.Namespace, default_artifact_root: str, 
         names["REGISTRY_STORE_URI_ENV_VAR"]: options.registry_store_uri or options.backend_store_uri,
         names["ARTIFACT_ROOT_ENV_VAR"]: default_artifact_root,
         # The CLI passes its option's value, default or MLFLOW_ARTIFACTS_DESTINATION, even when not serving.
-        names["ARTIFACTS_DESTINATION_ENV_VAR"]: options.artifacts_destination
-        or environ.get("MLFLOW_ARTIFACTS_DESTINATION")
-        or ARTIFACTS_DESTINATION_DEFAULT,
+        names["ARTIFACTS_DESTINATION_ENV_VAR"]: options.artifacts_destination or environ.get("MLFLOW_ARTIFACTS_DESTINATION") or ARTIFACTS_DESTINATION_DEFAULT,
         names["SECRETS_CACHE_TTL_ENV_VAR"]: SECRETS_CACHE_TTL_DEFAULT,
         names["SECRETS_CACHE_MAX_SIZE_ENV_VAR"]: SECRETS_CACHE_MAX_SIZE_DEFAULT,
         names["_MLFLOW_SERVER_BOOT_ID"]: uuid.uuid4().hex,

@@ -18,10 +18,7 @@ ALLOWED_METHODS = b"GET, POST, PUT, DELETE, OPTIONS, PATCH"
 ALLOWED_METHOD_NAMES = frozenset(ALLOWED_METHODS.decode().split(", "))
 MAX_AGE_SECONDS = b"600"
 VARY = b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
-REFUSED_ORIGIN = (
-    "Cross-origin request blocked: this server accepts requests only from its own origin; allow "
-    "another with --cors-allowed-origins (MLFLOW_SERVER_CORS_ALLOWED_ORIGINS)."
-)
+REFUSED_ORIGIN = "Cross-origin request blocked: this server accepts requests only from its own origin; allow another with --cors-allowed-origins (MLFLOW_SERVER_CORS_ALLOWED_ORIGINS)."
 
 
 async def answer_preflight(exchange: Exchange, verdict: OriginVerdict, any_origin: bool, send) -> None:

@@ -122,10 +122,7 @@ class EdgePolicy:
         return OriginVerdict.FOREIGN
 
     def _origin_listed(self, origin: str) -> bool:
-        return any(
-            fnmatch.fnmatchcase(origin, allowed) if "*" in allowed else origin == allowed
-            for allowed in self.allowed_origins
-        )
+        return any(fnmatch.fnmatchcase(origin, allowed) if "*" in allowed else origin == allowed for allowed in self.allowed_origins)
 
 
 MAX_REMEMBERED_VERDICTS = 1024

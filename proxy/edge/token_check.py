@@ -67,8 +67,5 @@ class TokenCheck:
         return authenticated
 
 
-UNAUTHENTICATED_MESSAGE = (
-    "This server requires authentication: send 'Authorization: Bearer <token>' "
-    "(MLFLOW_TRACKING_TOKEN for the mlflow client) or HTTP Basic with the token as password."
-)
+UNAUTHENTICATED_MESSAGE = "This server requires authentication: send 'Authorization: Bearer <token>' (MLFLOW_TRACKING_TOKEN for the mlflow client) or HTTP Basic with the token as password."
 CHALLENGE = (b"www-authenticate", f'Basic realm="{REALM}", charset="UTF-8"'.encode())

@@ -150,9 +150,7 @@ class ResponseCompression:
 
 def _is_json(content_type: bytes) -> bool:
     media_type = content_type.split(b";", 1)[0].strip().lower()
-    return media_type == b"application/json" or (
-        media_type.startswith(b"application/") and media_type.endswith(b"+json")
-    )
+    return media_type == b"application/json" or (media_type.startswith(b"application/") and media_type.endswith(b"+json"))
 
 
 def choose_encoding(accept_encoding: bytes | None, supported: tuple[bytes, ...] = PREFERENCE) -> bytes | None:

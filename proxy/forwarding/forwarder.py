@@ -77,12 +77,7 @@ class ClientGone(Exception):
 
 def connection_scoped(headers: list[tuple[bytes, bytes]], always: frozenset[bytes]) -> frozenset[bytes]:
     """`always` plus any header names that a `Connection` header lists."""
-    listed = {
-        token.strip().lower()
-        for name, value in headers
-        if name == b"connection"
-        for token in value.split(b",")
-    }
+    listed = {token.strip().lower() for name, value in headers if name == b"connection" for token in value.split(b",")}
     return always | listed if listed else always
 
 
@@ -146,7 +141,8 @@ class Forwarder:
         client = exchange.client
         if not self.shares.take(client):
             await exchange.refuse(
-                send, 429,
+                send,
+                429,
                 f"Too many requests from this address are in progress ({self.shares.limit}); retry when some have finished.",
                 [(b"retry-after", b"1")],
             )
@@ -165,7 +161,8 @@ class Forwarder:
                 return
             except UpstreamTimeout:
                 await exchange.refuse(
-                    send, 504,
+                    send,
+                    504,
                     f"MLflow did not answer within {self.timeout:g} s; the request may still complete on the server.",
                 )
                 return
@@ -314,9 +311,7 @@ class Forwarder:
         headers, has_length = self._response_headers(exchange, connection)
         encoder = None
         if self.compression is not None:
-            encoder = self.compression.encoder_for(
-                exchange.method, exchange.path, exchange.header(b"accept-encoding"), connection.status, headers
-            )
+            encoder = self.compression.encoder_for(exchange.method, exchange.path, exchange.header(b"accept-encoding"), connection.status, headers)
             if encoder is not None:
                 headers = encoder.headers(headers)
         headers.append((b"x-request-id", exchange.request_id.encode()))

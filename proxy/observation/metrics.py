@@ -158,9 +158,7 @@ class RequestCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         metrics = self.metrics
-        requests = CounterMetricFamily(
-            f"{PREFIX}_requests", "Requests answered by the front, by method, route and status code.", labels=["method", "route", "status"]
-        )
+        requests = CounterMetricFamily(f"{PREFIX}_requests", "Requests answered by the front, by method, route and status code.", labels=["method", "route", "status"])
         for (method, route, status), count in metrics.requests.items():
             requests.add_metric([method, route, str(status)], count)
         yield requests
@@ -175,9 +173,7 @@ class RequestCollector(Collector):
             bytes_out.add_metric([route], tally.bytes_out)
         yield duration
         yield upstream
-        yield GaugeMetricFamily(
-            f"{PREFIX}_requests_in_flight", "Requests being served now (scrapes of /metrics not included).", value=metrics.in_flight
-        )
+        yield GaugeMetricFamily(f"{PREFIX}_requests_in_flight", "Requests being served now (scrapes of /metrics not included).", value=metrics.in_flight)
         yield bytes_in
         yield bytes_out
 
@@ -192,9 +188,7 @@ class PoolCollector(Collector):
         load = self.load()
         yield GaugeMetricFamily(f"{PREFIX}_upstream_connections_in_use", "Connections to MLflow serving a request now.", value=load.in_use)
         yield GaugeMetricFamily(f"{PREFIX}_upstream_connections_limit", "The most connections the front opens to MLflow.", value=load.limit)
-        yield GaugeMetricFamily(
-            f"{PREFIX}_upstream_requests_waiting", "Requests waiting for a connection to MLflow to come free.", value=load.waiting
-        )
+        yield GaugeMetricFamily(f"{PREFIX}_upstream_requests_waiting", "Requests waiting for a connection to MLflow to come free.", value=load.waiting)
 
 
 class UpstreamCollector(Collector):
@@ -205,9 +199,7 @@ class UpstreamCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         state = self.state
-        yield GaugeMetricFamily(
-            f"{PREFIX}_mlflow_up", "1 when the MLflow child is ready to take requests, else 0.", value=int(state.ready)
-        )
+        yield GaugeMetricFamily(f"{PREFIX}_mlflow_up", "1 when the MLflow child is ready to take requests, else 0.", value=int(state.ready))
         phase = GaugeMetricFamily(
             f"{PREFIX}_mlflow_phase",
             "The MLflow child's phase: 1 for the current one (starting, ready, restarting, stopping, down).",
@@ -216,9 +208,7 @@ class UpstreamCollector(Collector):
         for each in UpstreamPhase:
             phase.add_metric([each.value], int(state.phase is each))
         yield phase
-        yield CounterMetricFamily(
-            f"{PREFIX}_mlflow_restarts", "Times the MLflow child has been restarted since the front started.", value=state.restarts
-        )
+        yield CounterMetricFamily(f"{PREFIX}_mlflow_restarts", "Times the MLflow child has been restarted since the front started.", value=state.restarts)
         yield GaugeMetricFamily(
             f"{PREFIX}_mlflow_uptime_seconds",
             "Seconds since the MLflow child last became ready; 0 while it is not ready.",

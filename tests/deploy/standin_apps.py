@@ -64,7 +64,7 @@ class StandinState:
 
     def files_under(self, root: str) -> dict[str, WorkspaceObject]:
         prefix = root.rstrip("/") + "/"
-        return {p[len(prefix):]: o for p, o in self.objects.items() if p.startswith(prefix) and o.kind != "DIRECTORY"}
+        return {p[len(prefix) :]: o for p, o in self.objects.items() if p.startswith(prefix) and o.kind != "DIRECTORY"}
 
     def calls(self, prefix: str = "/api/") -> list[tuple[str, str]]:
         return [(m, p) for m, p in self.requests if p.startswith(prefix)]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from deploy.target import check_app_name
 from deploy.render import databricks_app_config, render_app_yaml
 from deploy.staging import STAGE_MARKER
+from deploy.target import check_app_name
 from deploy.workspace import DESCRIPTION, volume_resource
 from launcher.cli import STAGE_DIR
 from tests.deploy.conftest import REPO

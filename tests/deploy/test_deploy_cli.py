@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from launcher.cli import main
-from tests.deploy.conftest import GOLDEN, GIT_COMMIT, REPO
+from tests.deploy.conftest import GIT_COMMIT, GOLDEN, REPO
 from tests.deploy.standin_apps import USER, WORKSPACE_ID
 
 APP = "my-mlflow"
@@ -174,7 +174,10 @@ def test_no_credentials_at_all(monkeypatch, tmp_path):
     assert line.startswith("Error: Databricks authentication: ") and "pass --profile, or run `databricks auth login`" in line
 
 
-@pytest.mark.parametrize(("args", "message"), [(["--app-name", "My_App"], "--app-name: 'My_App' is not an app name"), (["--app-name", APP, "--volume", "artifacts"], "--volume: 'artifacts' is not a Unity Catalog volume")])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--app-name", "My_App"], "--app-name: 'My_App' is not an app name"), (["--app-name", APP, "--volume", "artifacts"], "--volume: 'artifacts' is not a Unity Catalog volume")],
+)
 def test_bad_names_are_refused_first(standin, args, message):
     result = deploy(*args)
     assert result.exit_code == 1 and message in result.stderr

@@ -99,10 +99,7 @@ def test_a_slow_head_does_not_hold_up_other_requests(app):
 
 def smuggling_cases(name: str) -> dict[str, bytes]:
     payload = json.dumps({"name": name}).encode()
-    inner = (
-        b"POST /api/2.0/mlflow/experiments/create HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
-    )
+    inner = b"POST /api/2.0/mlflow/experiments/create HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
     chunked_inner = b"%x\r\n%s\r\n0\r\n\r\n" % (len(inner), inner)
     outer = b"POST /api/2.0/mlflow/experiments/search HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     hidden = b"0\r\n\r\n" + inner  # chunked: an empty body, then "the next request"

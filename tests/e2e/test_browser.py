@@ -67,11 +67,7 @@ class Traffic:
         return f"{parts.scheme}://{parts.netloc}" == self.origin
 
     def error_answers(self) -> list[tuple[str, str, int]]:
-        return [
-            (method, url, status)
-            for method, url, status in self.responses
-            if status >= 400 and (method, urlsplit(url).path, status) not in EXPECTED_MLFLOW_ANSWERS
-        ]
+        return [(method, url, status) for method, url, status in self.responses if status >= 400 and (method, urlsplit(url).path, status) not in EXPECTED_MLFLOW_ANSWERS]
 
     def foreign_requests(self) -> list[str]:
         return [url for _, url, _ in self.responses if not self.is_ours(url) and not url.startswith("data:")]

@@ -36,12 +36,7 @@ def mlflow_processes(app: AppProcess) -> list[psutil.Process]:
 
 def tcp_listeners(app: AppProcess) -> list[tuple[int, object]]:
     """(pid, address) of every TCP socket (IPv4 or IPv6) an MLflow process listens on."""
-    return [
-        (proc.pid, c.laddr)
-        for proc in mlflow_processes(app)
-        for c in proc.net_connections(kind="tcp")
-        if c.status == psutil.CONN_LISTEN
-    ]
+    return [(proc.pid, c.laddr) for proc in mlflow_processes(app) for c in proc.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
 
 
 def unix_socket_paths(app: AppProcess) -> set[str]:

@@ -96,9 +96,7 @@ def test_model_registry_workflow(tracking, iris_model):
 
     loaded = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     assert list(loaded.predict(features.head(5))) == list(model.predict(features.head(5)))
-    assert list(mlflow.sklearn.load_model(f"models:/{name}/1").predict(features.head(5))) == list(
-        model.predict(features.head(5))
-    )
+    assert list(mlflow.sklearn.load_model(f"models:/{name}/1").predict(features.head(5))) == list(model.predict(features.head(5)))
 
     copied_name = unique("iris-prod")
     copied = tracking.copy_model_version(f"models:/{name}@champion", copied_name)

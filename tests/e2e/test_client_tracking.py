@@ -71,9 +71,7 @@ def test_runs_params_metrics_tags_and_nesting(tracking):
         (0, 1.0), (1, 0.5), (2, 0.3333), (3, 0.25), (4, 0.2)
     ]  # fmt: skip
 
-    children = tracking.search_runs(
-        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
-    )
+    children = tracking.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert [r.info.run_id for r in children] == [child.info.run_id]
 
 
@@ -95,9 +93,7 @@ def test_log_batch_and_search_with_filters_and_ordering(tracking):
     best_first = tracking.search_runs([experiment_id], order_by=["metrics.accuracy DESC"])
     assert [r.info.run_id for r in best_first] == [run_ids[1], run_ids[2], run_ids[0]]
 
-    trees = tracking.search_runs(
-        [experiment_id], filter_string="params.model = 'tree' and metrics.accuracy > 0.75"
-    )
+    trees = tracking.search_runs([experiment_id], filter_string="params.model = 'tree' and metrics.accuracy > 0.75")
     assert [r.info.run_id for r in trees] == [run_ids[2]]
     assert len(tracking.get_metric_history(run_ids[2], "curve")) == 100
 

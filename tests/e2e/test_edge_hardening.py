@@ -21,10 +21,7 @@ SEARCH = "/api/2.0/mlflow/experiments/search"
 
 def preflight_with_stalled_body(origin: str = "http://x") -> bytes:
     """The probe's preflight: a body announced, ten bytes of it sent, the rest never."""
-    return (
-        f"OPTIONS {SEARCH} HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: {origin}\r\n"
-        "Access-Control-Request-Method: POST\r\nContent-Length: 1000\r\n\r\n"
-    ).encode() + b"x" * 10
+    return (f"OPTIONS {SEARCH} HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: POST\r\nContent-Length: 1000\r\n\r\n").encode() + b"x" * 10
 
 
 def read_head(sock: socket.socket, timeout: float) -> bytes:
@@ -139,7 +136,8 @@ def test_one_client_address_gets_429_beyond_its_share_while_others_are_served(ca
     # Once they are gone, the address has its share back.
     capped_app.wait_until(
         lambda: httpx.get(f"{capped_app.url}{SEARCH}?max_results=1", headers={"X-Forwarded-For": "10.0.0.1"}, timeout=10).status_code == 200,
-        10, "the share freed",
+        10,
+        "the share freed",
     )
 
 
@@ -166,8 +164,7 @@ def test_forwarded_headers_from_a_client_that_is_no_proxy_count_for_nothing(capp
     forged = (
         b"POST /api/2.0/mlflow/experiments/create HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\n"
         b"X-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Email: mallory@evil.example\r\n"
-        b"X-Request-Id: forged-origin-1\r\nContent-Type: application/json\r\nConnection: close\r\n"
-        + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        b"X-Request-Id: forged-origin-1\r\nContent-Type: application/json\r\nConnection: close\r\n" + b"Content-Length: %d\r\n\r\n" % len(body) + body
     )
     answer = from_address("127.0.0.2", capped_app.port, forged)
     assert status_of(answer) == 403
@@ -219,6 +216,5 @@ def test_mlflow_does_not_announce_its_server(app):
 def test_a_path_with_dot_segments_reaches_mlflow_as_sent(app):
     # README: the path passes as sent; the front does not resolve "..", and MLflow has no route for
     # one (curl resolves them itself unless given --path-as-is, which is what a probe saw).
-    answer, _ = exchange(app.port, f"GET /api/2.0/mlflow/../mlflow/experiments/search?max_results=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    answer, _ = exchange(app.port, "GET /api/2.0/mlflow/../mlflow/experiments/search?max_results=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
     assert status_of(answer) == 404
-

@@ -126,9 +126,7 @@ def test_mlflow_killed_mid_traffic_loses_nothing_committed(faulty_app):
             thread.join(60)
 
     assert unexpected == []
-    history = httpx.get(
-        f"{app.url}/api/2.0/mlflow/metrics/get-history", params={"run_id": run_id, "metric_key": "m", "max_results": 100000}
-    ).json()["metrics"]
+    history = httpx.get(f"{app.url}/api/2.0/mlflow/metrics/get-history", params={"run_id": run_id, "metric_key": "m", "max_results": 100000}).json()["metrics"]
     stored = {int(m["step"]) for m in history}
     assert set(committed) <= stored  # every write that answered 200 survived the kill
 
@@ -140,6 +138,7 @@ def test_mlflow_that_cannot_start_is_reported_as_a_crash_loop(tmp_path):
         "--backend-store-uri", f"postgresql://mlflow:hunter2-secret-pw@127.0.0.1:{unreachable}/mlflow",
     ).start()  # fmt: skip
     try:
+
         def in_crash_loop() -> bool:
             health = app.health()
             return health is not None and health.json()["mlflow"].get("crash_loop", False)

@@ -101,9 +101,7 @@ def test_mlflow_answers_pass_through_unchanged(client):
     assert missing.status_code == 404
     assert missing.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
 
-    malformed = client.post(
-        "/api/2.0/mlflow/experiments/create", content=b"{not json", headers={"Content-Type": "application/json"}
-    )
+    malformed = client.post("/api/2.0/mlflow/experiments/create", content=b"{not json", headers={"Content-Type": "application/json"})
     assert malformed.status_code == 400
     assert malformed.json()["error_code"] == "INVALID_PARAMETER_VALUE"
 
@@ -133,9 +131,7 @@ def test_writes_from_a_foreign_origin_are_refused_by_the_front(client):
         headers={"Origin": str(client.base_url).rstrip("/")},
     )
     assert own.status_code == 200
-    foreign = client.post(
-        "/ajax-api/2.0/mlflow/experiments/create", json={"name": name + "-evil"}, headers={"Origin": "https://evil.example"}
-    )
+    foreign = client.post("/ajax-api/2.0/mlflow/experiments/create", json={"name": name + "-evil"}, headers={"Origin": "https://evil.example"})
     assert foreign.status_code == 403
     assert foreign.json()["error_code"] == "PERMISSION_DENIED"
     assert "cors-allowed-origins" in foreign.json()["message"]

@@ -15,11 +15,7 @@ pytestmark = pytest.mark.e2e
 def samples(app) -> dict[tuple[str, frozenset], float]:
     response = httpx.get(f"{app.url}/metrics", timeout=10)
     assert response.status_code == 200
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
+    return {(sample.name, frozenset(sample.labels.items())): sample.value for family in text_string_to_metric_families(response.text) for sample in family.samples}
 
 
 def test_metrics_show_client_calls_by_api_name_and_mlflow_up(app, tracking):

@@ -41,10 +41,7 @@ def replicas(postgres, tmp_path_factory) -> tuple[AppProcess, AppProcess]:
     base = tmp_path_factory.mktemp("replicas")
     # Replica A's own data/artifacts, so that the imported artifact test finds the files there.
     shared_artifacts = base / "a" / "data" / "artifacts"
-    started = [
-        AppProcess(base / name, "--backend-store-uri", uri, "--artifacts-destination", str(shared_artifacts)).start()
-        for name in ("a", "b")
-    ]
+    started = [AppProcess(base / name, "--backend-store-uri", uri, "--artifacts-destination", str(shared_artifacts)).start() for name in ("a", "b")]
     try:
         for replica in started:
             replica.wait_ready(timeout=300)  # the first start creates the schema
@@ -129,8 +126,7 @@ def test_wrong_database_password_is_one_readable_line_in_health(postgres, tmp_pa
         assert health.status_code == 503
         reason = health.json()["mlflow"]["last_exit_reason"]
         assert reason == (
-            f'cannot use its database: PostgreSQL at 127.0.0.1:{postgres.port} refused the password for user "mlflow"; '
-            "correct the user and password in --backend-store-uri (or PGPASSWORD)."
+            f'cannot use its database: PostgreSQL at 127.0.0.1:{postgres.port} refused the password for user "mlflow"; correct the user and password in --backend-store-uri (or PGPASSWORD).'
         )
         assert health.json()["reason"].endswith(f"; last: mlflow {reason}")
         log = app.log_text()
@@ -139,4 +135,3 @@ def test_wrong_database_password_is_one_readable_line_in_health(postgres, tmp_pa
         assert wrong not in log and wrong not in health.text
     finally:
         app.stop()
-

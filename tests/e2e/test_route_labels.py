@@ -18,12 +18,7 @@ REAL_ENDPOINT = "/api/2.0/mlflow/experiments/search"
 
 
 def route_labels(metrics_text: str) -> set[str]:
-    return {
-        sample.labels["route"]
-        for family in text_string_to_metric_families(metrics_text)
-        for sample in family.samples
-        if "route" in sample.labels
-    }
+    return {sample.labels["route"] for family in text_string_to_metric_families(metrics_text) for sample in family.samples if "route" in sample.labels}
 
 
 def requests_counted(metrics_text: str, route: str, status: str) -> float:

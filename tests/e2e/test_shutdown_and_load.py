@@ -77,10 +77,7 @@ def test_clients_that_vanish_mid_transfer_leak_nothing(app):
         with httpx.stream("GET", app.url + path, timeout=30) as download:
             next(download.iter_raw(MIB))  # read a little, then hang up
         with socket.create_connection(("127.0.0.1", app.port)) as raw:
-            raw.sendall(
-                f"PUT {path}.part HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {64 * MIB}\r\n\r\n".encode()
-                + b"u" * (8 * MIB)
-            )  # a quarter of the promised body, then hang up
+            raw.sendall(f"PUT {path}.part HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {64 * MIB}\r\n\r\n".encode() + b"u" * (8 * MIB))  # a quarter of the promised body, then hang up
 
     def settled() -> bool:
         return app.upstream_connections() <= baseline_connections
@@ -116,9 +113,7 @@ def test_256_concurrent_connections_lose_nothing(app):
 
     statuses = asyncio.run(all_at_once())
     assert all(s == [200, 200, 200] for s in statuses), [s for s in statuses if s != [200, 200, 200]][:5]
-    history = httpx.get(
-        f"{app.url}/api/2.0/mlflow/metrics/get-history", params={"run_id": run_id, "metric_key": "c", "max_results": 10000}
-    ).json()["metrics"]
+    history = httpx.get(f"{app.url}/api/2.0/mlflow/metrics/get-history", params={"run_id": run_id, "metric_key": "c", "max_results": 10000}).json()["metrics"]
     assert sorted(int(m["step"]) for m in history) == list(range(connections))
 
 
@@ -128,8 +123,7 @@ def test_an_upload_cut_by_shutdown_gets_an_mlflow_shaped_503_and_a_log_line(tmp_
     try:
         with socket.create_connection(("127.0.0.1", app.port), timeout=20) as raw:
             raw.sendall(
-                f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: cut-by-shutdown\r\n"
-                f"Content-Length: {64 * MIB}\r\n\r\n".encode() + b"c" * MIB
+                f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: cut-by-shutdown\r\nContent-Length: {64 * MIB}\r\n\r\n".encode() + b"c" * MIB
             )  # a sixty-fourth of the body, then nothing more: still uploading at SIGTERM
             time.sleep(0.5)
             app.process.send_signal(signal.SIGTERM)

@@ -40,10 +40,7 @@ def strict_app(tmp_path_factory) -> AppProcess:
 def half_sent_upload(app: AppProcess, name: str, source: str) -> socket.socket:
     """A PUT of an artifact that promises 1000 bytes and sends 10, then nothing."""
     sock = socket.create_connection(("127.0.0.1", app.port), timeout=30, source_address=(source, 0))
-    sock.sendall(
-        f"PUT /api/2.0/mlflow-artifacts/artifacts/slow/{name}.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        "Content-Length: 1000\r\n\r\n".encode() + b"0123456789"
-    )
+    sock.sendall(f"PUT /api/2.0/mlflow-artifacts/artifacts/slow/{name}.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n".encode() + b"0123456789")
     return sock
 
 

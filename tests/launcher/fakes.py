@@ -23,7 +23,9 @@ if os.environ.get("SPAWN_GRANDCHILD"):
 # argv: port, seconds before listening, seconds /health answers 503 once listening. Prints a few
 # lines like MLflow does. With EXIT_AFTER=<seconds> it exits with code 9 that long after it starts
 # listening.
-SERVER = GRANDCHILD + r"""
+SERVER = (
+    GRANDCHILD
+    + r"""
 import http.server, time
 from tests.app_process import free_port
 port, delay, unhealthy = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
@@ -51,13 +53,17 @@ if os.environ.get("EXIT_AFTER"):  # a crash some time after becoming ready
 print("INFO listening", flush=True)
 server.serve_forever()
 """
+)
 
 # argv: exit code, lines to print before exiting.
-EXIT = GRANDCHILD + r"""
+EXIT = (
+    GRANDCHILD
+    + r"""
 for line in sys.argv[2:]:
     print(line, flush=True)
 sys.exit(int(sys.argv[1]))
 """
+)
 
 SLEEP = "import time; print('INFO sleeping', flush=True); time.sleep(120)"
 

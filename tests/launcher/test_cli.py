@@ -331,9 +331,7 @@ def test_unknown_scheme_from_environment(captured):
     assert result.stderr.startswith("Error: --backend-store-uri: unknown scheme 'foo' in 'foo://x'")
 
 
-@pytest.mark.parametrize(
-    ("args", "option"), [(["--port", "0"], "--port"), (["--port", "70000"], "--port"), (["--workers", "0"], "--workers")]
-)
+@pytest.mark.parametrize(("args", "option"), [(["--port", "0"], "--port"), (["--port", "70000"], "--port"), (["--workers", "0"], "--workers")])
 def test_out_of_range_numbers(captured, args, option):
     result = invoke(*args)
     assert result.exit_code == 1

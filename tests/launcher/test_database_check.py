@@ -48,9 +48,7 @@ async def test_the_check_runs_a_child_and_returns_its_one_line():
 
     assert code == 1
     assert reason == (
-        f"cannot use its database: cannot reach PostgreSQL at 127.0.0.1:{closed} (connection refused); "
-        "check the host and port in --backend-store-uri and that the server is running."
+        f"cannot use its database: cannot reach PostgreSQL at 127.0.0.1:{closed} (connection refused); check the host and port in --backend-store-uri and that the server is running."
     )
     assert output[-1] == f"ERROR database: {reason.removeprefix('cannot use its database: ')}"
     assert not any("s3cret-pw" in line for line in output)
-

@@ -91,7 +91,7 @@ def test_json_request_fields(as_json):
 
 
 def test_json_keeps_a_hostile_path_on_one_line_and_intact(as_json):
-    path = "/api/2.0/x\r\n{\"level\": \"error\", \"message\": \"forged\"}\x1b[2J"
+    path = '/api/2.0/x\r\n{"level": "error", "message": "forged"}\x1b[2J'
     line = as_json.format(record("mlflow_app.request", "request", fields={**REQUEST_FIELDS, "path": path}))
     assert "\n" not in line and "\r" not in line and "\x1b" not in line
     assert json.loads(line)["path"] == path
@@ -127,9 +127,7 @@ def test_text_line_shape(as_text):
 
 def test_text_request_line(as_text):
     line = as_text.format(record("mlflow_app.request", "request", fields={**REQUEST_FIELDS, "user": "someone@example.com"}))
-    assert line.endswith(
-        "front  | GET /ajax-api/2.0/mlflow/experiments/search 200 12.34ms in=0 out=512 id=req-42 user=someone@example.com"
-    )
+    assert line.endswith("front  | GET /ajax-api/2.0/mlflow/experiments/search 200 12.34ms in=0 out=512 id=req-42 user=someone@example.com")
     assert "user=" not in as_text.format(record("mlflow_app.request", "request", fields=REQUEST_FIELDS))
 
 
@@ -152,9 +150,7 @@ def test_text_escapes_control_characters(as_text, raw, shown):
 
 
 def test_text_masks_secrets(as_text):
-    line = as_text.format(
-        record(CHILD_LOGGER, f"GET /x?access_token={SECRET} via https://user:hunter2pass@host/ Authorization: Bearer abc.def", exc_info=raised())
-    )
+    line = as_text.format(record(CHILD_LOGGER, f"GET /x?access_token={SECRET} via https://user:hunter2pass@host/ Authorization: Bearer abc.def", exc_info=raised()))
     assert SECRET not in line and "hunter2pass" not in line and "abc.def" not in line
     assert "access_token=***" in line and "https://user:***@host/" in line and "Bearer ***" in line
     assert line.endswith("(ValueError: could not connect with ***)")

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from launcher.redaction import MASK, SECRET_ENV_VARS, Redactor
 from launcher import redaction
+from launcher.redaction import MASK, SECRET_ENV_VARS, Redactor
 
 TOKEN = "dapi0123456789abcdef0123456789abcdef"
 
@@ -189,8 +189,28 @@ def redact_without_shortcuts(redactor: Redactor, text: str) -> str:
 
 
 PIECES = st.sampled_from(
-    ["GET /a?b=1 HTTP/1.1", "Bearer ", "BEARER\t", "token=", "ſecret=", "SIGNATURE=", "Credential-x=", "postgresql://u:",
-     "pw@host", "://", "@", "?", "=", "&", " ", "x", "K", "İ", "\n", '"'],
+    [
+        "GET /a?b=1 HTTP/1.1",
+        "Bearer ",
+        "BEARER\t",
+        "token=",
+        "ſecret=",
+        "SIGNATURE=",
+        "Credential-x=",
+        "postgresql://u:",
+        "pw@host",
+        "://",
+        "@",
+        "?",
+        "=",
+        "&",
+        " ",
+        "x",
+        "K",
+        "İ",
+        "\n",
+        '"',
+    ],
 )
 
 

@@ -166,13 +166,8 @@ def test_data_dir_is_created(make, tmp_path):
 
 def test_data_dir_check_tolerates_a_concurrent_instance(tmp_path):
     """Two instances starting at once on one data dir must not trip over each other's probe."""
-    code = (
-        "import sys; from pathlib import Path; from launcher.settings import check_data_dir\n"
-        "for _ in range(200): check_data_dir(Path(sys.argv[1]))"
-    )
-    processes = [
-        subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stderr=subprocess.PIPE, text=True) for _ in range(3)
-    ]
+    code = "import sys; from pathlib import Path; from launcher.settings import check_data_dir\nfor _ in range(200): check_data_dir(Path(sys.argv[1]))"
+    processes = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stderr=subprocess.PIPE, text=True) for _ in range(3)]
     errors = [p.communicate(timeout=30)[1] for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0], errors
     assert list(tmp_path.iterdir()) == []
@@ -181,9 +176,7 @@ def test_data_dir_check_tolerates_a_concurrent_instance(tmp_path):
 def test_data_dir_not_checked_when_unused(make, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    settings = make(
-        data_dir=blocker / "data", backend_store_uri="postgresql://u:p@h/db", artifacts_destination="s3://b/artifacts"
-    )
+    settings = make(data_dir=blocker / "data", backend_store_uri="postgresql://u:p@h/db", artifacts_destination="s3://b/artifacts")
     assert not settings.uses_data_dir
     validate(settings)
     # Either embedded default alone still needs it.

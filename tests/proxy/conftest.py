@@ -157,6 +157,7 @@ class FakeMlflow:
     async def slow(self, scope, receive, send) -> None:
         """Answers only after 10 s, unless the caller hangs up first (which is recorded)."""
         self.calls.append({"slow": True})
+
         async def disconnected() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass

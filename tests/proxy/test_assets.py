@@ -72,9 +72,7 @@ def _app(assets: UiAssets) -> Starlette:
     async def static(request: Request):
         return await assets.response(request.path_params["path"], request.headers, request.method)
 
-    return Starlette(
-        routes=[Route("/", index, methods=methods), Route("/static-files/{path:path}", static, methods=methods)]
-    )
+    return Starlette(routes=[Route("/", index, methods=methods), Route("/static-files/{path:path}", static, methods=methods)])
 
 
 @pytest.fixture
@@ -223,9 +221,7 @@ async def test_changed_file_gets_new_etag_and_body(client: httpx.AsyncClient, bu
         ("", None),
     ],
 )
-async def test_encoding_negotiation(
-    client: httpx.AsyncClient, build: Path, accept_encoding: str, expected: str | None
-) -> None:
+async def test_encoding_negotiation(client: httpx.AsyncClient, build: Path, accept_encoding: str, expected: str | None) -> None:
     response, body = await _raw_get(client, f"/static-files/{MAIN_JS}", accept_encoding)
     assert response.status_code == 200
     assert response.headers.get("content-encoding") == expected
@@ -253,9 +249,7 @@ async def test_css_and_svg_are_compressed(client: httpx.AsyncClient, build: Path
         assert gzip.decompress(body) == (build / relative).read_bytes()
 
 
-async def test_compressed_once_under_concurrent_requests(
-    client: httpx.AsyncClient, compress_calls: list[tuple[str, int]]
-) -> None:
+async def test_compressed_once_under_concurrent_requests(client: httpx.AsyncClient, compress_calls: list[tuple[str, int]]) -> None:
     url = f"/static-files/{MAIN_JS}"
     responses = await asyncio.gather(
         *(client.get(url, headers={"Accept-Encoding": "br"}) for _ in range(10)),
@@ -274,20 +268,14 @@ async def test_identity_is_streamed_from_disk(assets: UiAssets, compress_calls: 
     assert compress_calls == []
 
 
-async def test_precompress_all_compresses_each_file_once_beside_requests(
-    client: httpx.AsyncClient, assets: UiAssets, build: Path, compress_calls: list[tuple[str, int]]
-) -> None:
+async def test_precompress_all_compresses_each_file_once_beside_requests(client: httpx.AsyncClient, assets: UiAssets, build: Path, compress_calls: list[tuple[str, int]]) -> None:
     worker = threading.Thread(target=assets.precompress_all)
     worker.start()
     urls = [f"/static-files/{p}" for p in (MAIN_JS, CSS)] * 5
     await asyncio.gather(*(client.get(url, headers={"Accept-Encoding": "br"}) for url in urls))
     await asyncio.to_thread(worker.join)
     # main.js, its in-root alias (same real file), worker.js, css, svg; index.html and json are under 1 KiB.
-    assert sorted(compress_calls) == sorted(
-        (encoding, (build / p).stat().st_size)
-        for p in (MAIN_JS, WORKER_JS, CSS, "static/media/icon.abcdef12.svg")
-        for encoding in ("br", "gzip")
-    )
+    assert sorted(compress_calls) == sorted((encoding, (build / p).stat().st_size) for p in (MAIN_JS, WORKER_JS, CSS, "static/media/icon.abcdef12.svg") for encoding in ("br", "gzip"))
     for p in (MAIN_JS, CSS, WORKER_JS):
         await client.get(f"/static-files/{p}", headers={"Accept-Encoding": "gzip"})
     assert len(compress_calls) == 8
@@ -348,10 +336,18 @@ async def test_literal_dot_dot_in_raw_path_gets_404(assets: UiAssets) -> None:
     # httpx normalises a literal "..", so speak ASGI directly to send it as a server would.
     app, sent = _app(assets), []
     scope = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
-        "method": "GET", "scheme": "http", "path": "/static-files/../secret.txt",
-        "raw_path": b"/static-files/../secret.txt", "query_string": b"", "root_path": "",
-        "headers": [], "server": ("testserver", 80), "client": ("127.0.0.1", 1),
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/static-files/../secret.txt",
+        "raw_path": b"/static-files/../secret.txt",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [],
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 1),
     }
 
     async def receive():

@@ -64,9 +64,7 @@ class AppsEdge:
             return self._answer(request, JSONResponse({"error_code": "UNAUTHENTICATED", "message": message}, status_code=401), credential, token)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "authorization"}
         headers.update({"X-Forwarded-Host": request.headers.get("host", ""), "X-Forwarded-Email": self.user_email, "X-Request-Id": str(uuid.uuid4())})
-        upstream = await self._upstream.request(
-            request.method, request.url.path, params=request.query_params.multi_items(), content=await request.body(), headers=headers
-        )
+        upstream = await self._upstream.request(request.method, request.url.path, params=request.query_params.multi_items(), content=await request.body(), headers=headers)
         passed = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}}
         return self._answer(request, Response(upstream.content, status_code=upstream.status_code, headers=passed), credential, token)
 

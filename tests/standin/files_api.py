@@ -209,10 +209,7 @@ class FilesApi:
         start, count = int(body.get("start_part_number", 1)), int(body.get("count", 1))
         if start < 1 or not 1 <= count <= 100:
             raise invalid("start_part_number must be positive and count between 1 and 100.")
-        urls = [
-            {"part_number": n, "url": self.presign({"op": "part", "session": body["session_token"], "part": n}), "headers": []}
-            for n in range(start, start + count)
-        ]
+        urls = [{"part_number": n, "url": self.presign({"op": "part", "session": body["session_token"], "part": n}), "headers": []} for n in range(start, start + count)]
         return JSONResponse({"upload_part_urls": urls})
 
     async def create_abort_upload_url(self, request: Request) -> Response:

@@ -154,9 +154,7 @@ class StandinWorkspace:
 
     async def host_metadata(self, request: Request) -> Response:
         self._record(request, 200, "none")
-        return JSONResponse(
-            {"oidc_endpoint": f"{self.url}/oidc", "account_id": ACCOUNT_ID, "workspace_id": WORKSPACE_ID, "cloud": "AWS"}
-        )
+        return JSONResponse({"oidc_endpoint": f"{self.url}/oidc", "account_id": ACCOUNT_ID, "workspace_id": WORKSPACE_ID, "cloud": "AWS"})
 
     async def oidc_discovery(self, request: Request) -> Response:
         self._record(request, 200, "none")
@@ -347,7 +345,13 @@ class StandinWorkspace:
         }
         with open(self.workdir / "backing-mlflow.log", "ab") as log:
             self._backing = subprocess.Popen(
-                command, env=env, cwd=store, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                command,
+                env=env,
+                cwd=store,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
                 preexec_fn=die_with_parent,  # a test process that dies without stop() leaves no MLflow behind
             )
 

@@ -92,10 +92,7 @@ def test_other_urls_get_no_token_and_a_note():
     token = FakeToken()
     call, note = authorize(build_call("https://dbc-1.cloud.databricks.com/api/x?q=secret", None, None, None), token, TokenTargets())
     assert "Authorization" not in call.headers and token.calls == 0
-    assert note == (
-        f"no Databricks token sent: https://dbc-1.cloud.databricks.com is not a Databricks Apps URL (https://*.databricksapps.com) "
-        f"and not under {TOKEN_URLS_ENV}."
-    )
+    assert note == (f"no Databricks token sent: https://dbc-1.cloud.databricks.com is not a Databricks Apps URL (https://*.databricksapps.com) and not under {TOKEN_URLS_ENV}.")
 
 
 def test_an_authorization_header_of_the_users_wins():

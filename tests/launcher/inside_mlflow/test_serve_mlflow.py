@@ -203,7 +203,7 @@ def test_the_server_is_set_up_as_mlflow_servers_cli_sets_it_up(tmp_path, setting
     assert ours_env.pop("MLFLOW_ENABLE_WORKSPACES") == seen["cli_workspaces"] == "false"  # the CLI writes it into its own environment
     assert ours_env == cli_env
     # The stores opened (and migrated) with the same arguments.
-    (args, kwargs), = seen["cli_stores"]
+    ((args, kwargs),) = seen["cli_stores"]
     assert args == [settings.effective_backend_store_uri, settings.registry_store_uri or settings.effective_backend_store_uri, seen["ours_root"]]
     assert kwargs == {"workspace_store_uri": None, "read_replica_backend_store_uri": None}
     # uvicorn: MLflow's app, our log config (MLflow's plus a filter), socket and trusted X-Forwarded-For, one worker.

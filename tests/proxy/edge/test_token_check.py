@@ -116,9 +116,7 @@ async def test_missing_or_wrong_credentials_get_401_with_a_basic_challenge(http,
 async def test_two_authorization_headers_are_refused(authed, fake_mlflow):
     async with httpx.AsyncClient(base_url=authed.url, trust_env=False) as session:
         request = session.build_request("GET", API)
-        request.headers = httpx.Headers(
-            [("Host", authed.host), ("Authorization", f"Bearer {TOKEN}"), ("Authorization", "Bearer other")]
-        )
+        request.headers = httpx.Headers([("Host", authed.host), ("Authorization", f"Bearer {TOKEN}"), ("Authorization", "Bearer other")])
         response = await session.send(request)
     assert_refused(response)
     assert fake_mlflow.calls == []
@@ -170,9 +168,7 @@ async def test_without_a_token_nothing_is_required_and_authorization_passes_thro
 
 
 async def test_health_shows_mlflows_output_only_to_callers_with_the_token(start_front):
-    front = start_front(
-        config=FrontConfig(upstream_timeout_seconds=UPSTREAM_TIMEOUT, auth_token=TOKEN), phase=UpstreamPhase.RESTARTING
-    )
+    front = start_front(config=FrontConfig(upstream_timeout_seconds=UPSTREAM_TIMEOUT, auth_token=TOKEN), phase=UpstreamPhase.RESTARTING)
     front.state.last_error_lines.append("sqlalchemy.exc.OperationalError: could not connect to db.internal:5432")
     async with httpx.AsyncClient(base_url=front.url, trust_env=False) as session:
         anonymous = await session.get("/health")

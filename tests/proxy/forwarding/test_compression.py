@@ -213,9 +213,7 @@ def test_many_distinct_accept_encodings_keep_the_cache_small():
     assert len(policy._chosen) <= 64
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"min_bytes": -1}, {"gzip_level": 0}, {"gzip_level": 10}, {"brotli_quality": -1}, {"brotli_quality": 12}]
-)
+@pytest.mark.parametrize("kwargs", [{"min_bytes": -1}, {"gzip_level": 0}, {"gzip_level": 10}, {"brotli_quality": -1}, {"brotli_quality": 12}])
 def test_settings_out_of_range_are_refused(kwargs):
     with pytest.raises(ValueError):
         ResponseCompression(**kwargs)

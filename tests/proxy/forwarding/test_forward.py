@@ -462,8 +462,7 @@ async def test_two_host_headers_are_refused_with_400(front, fake_mlflow):
     # The first is ours, the second foreign: whichever one a later reader picks, refuse both.
     answer = await raw_request(
         front.server.port,
-        f"GET /api/2.0/mlflow/experiments/search HTTP/1.1\r\nHost: {front.host}\r\nHost: attacker.example\r\n"
-        "Connection: close\r\n\r\n".encode(),
+        f"GET /api/2.0/mlflow/experiments/search HTTP/1.1\r\nHost: {front.host}\r\nHost: attacker.example\r\nConnection: close\r\n\r\n".encode(),
     )
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b'"error_code":"BAD_REQUEST"' in answer and b"more than one Host header" in answer
@@ -475,8 +474,7 @@ async def test_header_values_with_non_ascii_bytes_reach_mlflow_byte_for_byte(fro
     # The platform may send a UTF-8 user name; header bytes above 0x7f are legal (obs-text).
     answer = await raw_request(
         front.server.port,
-        b"GET /echo HTTP/1.1\r\nHost: " + front.host.encode() + b"\r\nX-Forwarded-Preferred-Username: " + value
-        + b"\r\nConnection: close\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nHost: " + front.host.encode() + b"\r\nX-Forwarded-Preferred-Username: " + value + b"\r\nConnection: close\r\n\r\n",
     )
     assert answer.startswith(b"HTTP/1.1 200 ")
     seen = seen_headers(last_call(fake_mlflow), "x-forwarded-preferred-username")

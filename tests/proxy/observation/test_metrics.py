@@ -47,13 +47,7 @@ class Scrape:
         return found[0] if found else 0.0
 
     def label_values(self, label: str, prefix: str = "mlflow_app_") -> set[str]:
-        return {
-            labels[label]
-            for name, samples in self.samples.items()
-            if name.startswith(prefix)
-            for labels, _ in samples
-            if label in labels
-        }
+        return {labels[label] for name, samples in self.samples.items() if name.startswith(prefix) for labels, _ in samples if label in labels}
 
     def series_count(self, prefix: str = "mlflow_app_") -> int:
         return sum(len(samples) for name, samples in self.samples.items() if name.startswith(prefix))
@@ -72,9 +66,7 @@ async def settled_scrape(client: httpx.AsyncClient, total_requests: int) -> Scra
     deadline = asyncio.get_running_loop().time() + 3
     while True:
         metrics = await scrape(client)
-        counted = sum(
-            v for labels, v in metrics.samples["mlflow_app_requests_total"] if labels["route"] != "/metrics"
-        )
+        counted = sum(v for labels, v in metrics.samples["mlflow_app_requests_total"] if labels["route"] != "/metrics")
         if counted >= total_requests or asyncio.get_running_loop().time() > deadline:
             return metrics
         await asyncio.sleep(0.01)
@@ -319,11 +311,7 @@ def test_ten_thousand_artifact_paths_make_a_handful_of_series():
 
 
 def metric_names_in(expressions: list[str]) -> set[str]:
-    return {
-        name
-        for expression in expressions
-        for name in re.findall(r"\b((?:mlflow_app|process|python)_[a-z0-9_]+)\b", expression)
-    }
+    return {name for expression in expressions for name in re.findall(r"\b((?:mlflow_app|process|python)_[a-z0-9_]+)\b", expression)}
 
 
 @pytest.fixture(scope="module")
@@ -373,7 +361,5 @@ def test_readme_documents_every_metric(busy_scrape):
     section = section[: section.index("\n## ", 1)]
     documented = set(re.findall(r"^\| `([a-z_]+)`", section, flags=re.MULTILINE))
     ours = {name for name in busy_scrape.families if name.startswith("mlflow_app_")}
-    exported = {
-        f"{name}_total" if busy_scrape.families[name].type == "counter" else name for name in ours
-    }
+    exported = {f"{name}_total" if busy_scrape.families[name].type == "counter" else name for name in ours}
     assert exported == documented

@@ -211,7 +211,7 @@ async def test_non_http_scopes_pass_through_unlogged(caplog, ui_build):
         (b"", False),
         (b"has space", False),
         (b"new\nline", False),
-        (b"quote\"", False),
+        (b'quote"', False),
         (b"<script>", False),
     ],
 )

@@ -132,9 +132,7 @@ def test_the_table_is_mlflows_whole_url_surface():
 
 def test_shipped_table_is_the_installed_mlflows():
     """Fails after an MLflow upgrade that changes its routes: regenerate the table (see the message)."""
-    check = subprocess.run(
-        [sys.executable, "-m", "bench.mlflow_route_table", "--check"], check=False, cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    check = subprocess.run([sys.executable, "-m", "bench.mlflow_route_table", "--check"], check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stdout + check.stderr[-2000:]
 
 
@@ -183,10 +181,7 @@ def random_token(rng: random.Random, length: int) -> str:
 
 def test_ten_thousand_artifact_paths_make_one_template():
     rng = random.Random(1)
-    paths = [
-        f"/api/2.0/mlflow-artifacts/artifacts/{i}/{uuid.UUID(int=rng.getrandbits(128)).hex}/artifacts/{random_token(rng, 12)}/f{i}.bin"
-        for i in range(10_000)
-    ]
+    paths = [f"/api/2.0/mlflow-artifacts/artifacts/{i}/{uuid.UUID(int=rng.getrandbits(128)).hex}/artifacts/{random_token(rng, 12)}/f{i}.bin" for i in range(10_000)]
     assert {route_template(p) for p in paths} == {ARTIFACTS}
 
 
