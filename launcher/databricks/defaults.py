@@ -1,4 +1,8 @@
-"""The defaults on Databricks Apps: the workspace's stores, and JSON logs for the platform's collector."""
+"""Databricks mode decided from the settings: whether a store is a workspace's, and what to warn of on Databricks Apps.
+
+The defaults that differ on Databricks Apps (the workspace's stores, JSON logs, all interfaces) are
+in the settings table (launcher/settings_table.py, `on_apps`).
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,6 @@ from launcher.settings import Settings, on_databricks_apps, uri_scheme
 # check and the child's settings for a workspace. `uc` is the open-source Unity Catalog server,
 # not a workspace.
 WORKSPACE_SCHEMES = frozenset({"databricks", "databricks-uc"})
-
-
-def default_backend_store_uri() -> str | None:
-    """The workspace's tracking store on Databricks Apps; elsewhere None (the embedded SQLite)."""
-    return "databricks" if on_databricks_apps() else None
-
-
-def default_registry_store_uri() -> str | None:
-    """Unity Catalog on Databricks Apps; elsewhere None (the backend store)."""
-    return "databricks-uc" if on_databricks_apps() else None
-
-
-def default_log_format() -> str:
-    """JSON on Databricks Apps, whose log collector keeps stdout; text for people elsewhere."""
-    return "json" if on_databricks_apps() else "text"
 
 
 def uses_workspace(settings: Settings) -> bool:

@@ -9,14 +9,23 @@ from click.testing import CliRunner
 
 import launcher.server
 from launcher.cli import main
-from launcher.databricks.defaults import (
-    artifacts_warning,
-    default_backend_store_uri,
-    default_log_format,
-    default_registry_store_uri,
-    uses_workspace,
-)
+from launcher.databricks.defaults import artifacts_warning, uses_workspace
 from launcher.settings import Settings
+from launcher.settings_table import SERVE_SETTINGS
+
+ROWS = {row.field: row for row in SERVE_SETTINGS}
+
+
+def default_backend_store_uri():
+    return ROWS["backend_store_uri"].cli_default()
+
+
+def default_registry_store_uri():
+    return ROWS["registry_store_uri"].cli_default()
+
+
+def default_log_format():
+    return ROWS["log_format"].cli_default()
 
 
 def test_defaults_off_databricks_apps(env):
