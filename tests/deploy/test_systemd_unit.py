@@ -66,7 +66,7 @@ def test_the_example_environment_file_sets_only_real_settings():
     assert {item.split("=", 1)[0] for item in environment} <= known | {"MLFLOW_DISABLE_TELEMETRY"}
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed (apt-get install systemd; .ci/run does)")
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed (apt-get install systemd; ./run-tests does)")
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
     # verify checks that ExecStart's program exists: point it at this environment's mlflow-app.
     installed = Path(sys.executable).parent / "mlflow-app"

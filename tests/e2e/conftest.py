@@ -95,13 +95,13 @@ def backing(standin_workspace):
 
 @pytest.fixture(scope="session")
 def postgres():
-    """A throwaway PostgreSQL on 127.0.0.1, shared by the tests that create databases in it. CI
-    installs it (.ci/run); elsewhere it may be missing."""
+    """A throwaway PostgreSQL on 127.0.0.1, shared by the tests that create databases in it. ./run-tests
+    installs it on Debian; elsewhere it may be missing."""
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
         if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/pg_ctl); .ci/run installs Debian's postgresql")
-        pytest.skip("PostgreSQL is not installed: apt-get install postgresql (no /usr/lib/postgresql/*/bin/pg_ctl)")
+            pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/pg_ctl); ./run-tests installs Debian's postgresql")
+        pytest.skip("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/pg_ctl): ./run-tests installs it, or apt-get install postgresql")
     server = PostgresServer(bin_dir).start()
     try:
         yield server
