@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 from pathlib import Path
 
@@ -33,8 +32,12 @@ def serve(**options) -> None:
     try:
         settings = settings_from_options(options)
         validate(settings)
-        from launcher.server import run_server as run  # imported late: --help stays fast
-
+        try:
+            from launcher.server import run_server as run  # imported late: --help stays fast
+        except ImportError as exc:
+            if type(exc).__name__ != "UntestedUvicorn":  # proxy/edge/http_protocol.py: its one line says what to install
+                raise
+            raise click.ClickException(str(exc)) from None
         run(settings)
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
@@ -64,24 +67,44 @@ STAGE_DIR = Path("build") / "databricks-app"  # inside --project-dir; databricks
 
 def app_source_options(command):
     """--env and --project-dir: what the app is made of, for render, stage and deploy alike."""
-    command = click.option("--project-dir", show_envvar=True, envvar="MLFLOW_APP_PROJECT_DIR", type=click.Path(file_okay=False, exists=True, path_type=Path), default=PROJECT_DIR, show_default="this checkout",
-                           help="The mlflow-app checkout whose uv.lock and packages are deployed.")(command)
-    return click.option("--env", "extra_env", multiple=True, metavar="NAME=VALUE",
-                        help="Another `mlflow-app serve` setting for the app, as its environment variable (e.g. MLFLOW_WORKERS=2); "
-                             "repeatable; replaces ours of the same name. Never a credential: app.yaml is uploaded in clear.")(command)
+    command = click.option(
+        "--project-dir",
+        show_envvar=True,
+        envvar="MLFLOW_APP_PROJECT_DIR",
+        type=click.Path(file_okay=False, exists=True, path_type=Path),
+        default=PROJECT_DIR,
+        show_default="this checkout",
+        help="The mlflow-app checkout whose uv.lock and packages are deployed.",
+    )(command)
+    return click.option(
+        "--env",
+        "extra_env",
+        multiple=True,
+        metavar="NAME=VALUE",
+        help="Another `mlflow-app serve` setting for the app, as its environment variable (e.g. MLFLOW_WORKERS=2); "
+        "repeatable; replaces ours of the same name. Never a credential: app.yaml is uploaded in clear.",
+    )(command)
 
 
 def databricks_profile_option(command):
     """The databricks-sdk profile to sign in with, for the commands that call a workspace or an app."""
-    return click.option("--profile", show_envvar=True, envvar="DATABRICKS_CONFIG_PROFILE", metavar="NAME",
-                        help="Profile in ~/.databrickscfg. Default: databricks-sdk's unified authentication (DATABRICKS_HOST "
-                             "with a token or an OAuth client ID and secret, else the DEFAULT profile).")(command)
+    return click.option(
+        "--profile",
+        show_envvar=True,
+        envvar="DATABRICKS_CONFIG_PROFILE",
+        metavar="NAME",
+        help="Profile in ~/.databrickscfg. Default: databricks-sdk's unified authentication (DATABRICKS_HOST with a token or an OAuth client ID and secret, else the DEFAULT profile).",
+    )(command)
 
 
 def ui_wheel_option(command):
-    return click.option("--ui-wheel", show_envvar=True, envvar="MLFLOW_APP_UI_WHEEL", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-                        help="When the locked MLflow comes from git (no UI build): take the UI from this mlflow wheel instead of "
-                             "the installed package or PyPI.")(command)
+    return click.option(
+        "--ui-wheel",
+        show_envvar=True,
+        envvar="MLFLOW_APP_UI_WHEEL",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="When the locked MLflow comes from git (no UI build): take the UI from this mlflow wheel instead of the installed package or PyPI.",
+    )(command)
 
 
 @contextlib.contextmanager
@@ -96,8 +119,7 @@ def deploy_errors():
 
 @main.command("render")
 @app_source_options
-@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default="-", show_default="stdout",
-              help="Where to write app.yaml.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default="-", show_default="stdout", help="Where to write app.yaml.")
 def render_command(extra_env, project_dir, output) -> None:
     """Print the app.yaml Databricks Apps runs: our command and the app's settings.
 
@@ -137,21 +159,35 @@ def stage_command(directory, extra_env, project_dir, ui_wheel) -> None:
 
 
 @main.command("deploy")
-@click.option("--app-name", required=True, show_envvar=True, envvar="MLFLOW_APP_NAME", metavar="NAME",
-              help="The app in the workspace (lowercase letters, digits, hyphens); created when it does not exist.")
-@click.option("--volume", show_envvar=True, envvar="MLFLOW_APP_VOLUME", metavar="CATALOG.SCHEMA.VOLUME",
-              help="Unity Catalog volume for artifacts, given to a new app as its resource (read and write). Needed to create "
-                   "the app; an existing app keeps its own.")
-@click.option("--source-path", show_envvar=True, envvar="MLFLOW_APP_SOURCE_PATH", metavar="PATH", show_default="/Workspace/Users/<you>/mlflow-app/<app-name>",
-              help="Workspace folder the app's files are uploaded to.")
+@click.option(
+    "--app-name",
+    required=True,
+    show_envvar=True,
+    envvar="MLFLOW_APP_NAME",
+    metavar="NAME",
+    help="The app in the workspace (lowercase letters, digits, hyphens); created when it does not exist.",
+)
+@click.option(
+    "--volume",
+    show_envvar=True,
+    envvar="MLFLOW_APP_VOLUME",
+    metavar="CATALOG.SCHEMA.VOLUME",
+    help="Unity Catalog volume for artifacts, given to a new app as its resource (read and write). Needed to create the app; an existing app keeps its own.",
+)
+@click.option(
+    "--source-path",
+    show_envvar=True,
+    envvar="MLFLOW_APP_SOURCE_PATH",
+    metavar="PATH",
+    show_default="/Workspace/Users/<you>/mlflow-app/<app-name>",
+    help="Workspace folder the app's files are uploaded to.",
+)
 @databricks_profile_option
-@click.option("--dry-run", is_flag=True, default=False,
-              help="Do everything up to the upload (requirements, UI, staging, checks) and say what would follow; send nothing "
-                   "to the workspace.")
-@click.option("--stage-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-              help="Build the upload in DIR and keep it. Default: a temporary folder.")
-@click.option("--timeout", show_envvar=True, envvar="MLFLOW_APP_DEPLOY_TIMEOUT", type=float, default=1200.0, show_default=True,
-              help="Seconds to wait for the app's compute and for the deployment.")
+@click.option("--dry-run", is_flag=True, default=False, help="Do everything up to the upload (requirements, UI, staging, checks) and say what would follow; send nothing to the workspace.")
+@click.option("--stage-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR", help="Build the upload in DIR and keep it. Default: a temporary folder.")
+@click.option(
+    "--timeout", show_envvar=True, envvar="MLFLOW_APP_DEPLOY_TIMEOUT", type=float, default=1200.0, show_default=True, help="Seconds to wait for the app's compute and for the deployment."
+)
 @click.option("--poll-interval", envvar="MLFLOW_APP_DEPLOY_POLL_INTERVAL", type=float, default=5.0, hidden=True)
 @app_source_options
 @ui_wheel_option
@@ -164,9 +200,9 @@ def deploy_command(app_name, volume, source_path, profile, dry_run, stage_dir, t
     when it does not exist, deploys a snapshot, waits, and prints the app's URL and log URL.
     """
     with deploy_errors(), contextlib.ExitStack() as stack:
-        from deploy.target import check_app_name, describe_plan, volume_full_name
         from deploy.prepare import prepare_upload
         from deploy.render import parse_env_options
+        from deploy.target import check_app_name, describe_plan, volume_full_name
 
         check_app_name(app_name)
         volume = volume_full_name(volume) if volume else None
@@ -187,14 +223,20 @@ def deploy_command(app_name, volume, source_path, profile, dry_run, stage_dir, t
 @click.argument("url")
 @click.argument("method", required=False)
 @click.argument("json_body", metavar="[JSON]", required=False)
-@click.option("--app-url", show_envvar=True, envvar="MLFLOW_TRACKING_URI", metavar="URL",
-              help="The app's URL, for a URL given as a path (/api/2.0/mlflow/…). Default: MLFLOW_TRACKING_URI, as the mlflow "
-                   "client reads it.")
+@click.option(
+    "--app-url",
+    show_envvar=True,
+    envvar="MLFLOW_TRACKING_URI",
+    metavar="URL",
+    help="The app's URL, for a URL given as a path (/api/2.0/mlflow/…). Default: MLFLOW_TRACKING_URI, as the mlflow client reads it.",
+)
 @databricks_profile_option
-@click.option("--timeout", show_envvar=True, envvar="MLFLOW_APP_CALL_TIMEOUT", type=float, default=60.0, show_default=True,
-              help="Seconds for the sign-in, and for the app to connect and answer.")
-@click.option("--header", "-H", "header_lines", multiple=True, metavar="'NAME: VALUE'",
-              help="Another request header; repeatable. An Authorization header of your own replaces the Databricks token.")
+@click.option(
+    "--timeout", show_envvar=True, envvar="MLFLOW_APP_CALL_TIMEOUT", type=float, default=60.0, show_default=True, help="Seconds for the sign-in, and for the app to connect and answer."
+)
+@click.option(
+    "--header", "-H", "header_lines", multiple=True, metavar="'NAME: VALUE'", help="Another request header; repeatable. An Authorization header of your own replaces the Databricks token."
+)
 def call_command(url, method, json_body, app_url, profile, timeout, header_lines) -> None:
     """Send one request to a deployed app with your Databricks OAuth token, as you would with curl.
 
