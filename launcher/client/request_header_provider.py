@@ -7,11 +7,13 @@ before each REST call it makes (`mlflow.utils.rest_utils.http_request`), whateve
 catches and logs (as a one-line warning) anything a provider raises.
 
 `resolve_request_headers()` is called without the request, so this provider reads the target URL
-and credentials from the calling `http_request` frame (MLflow 3.17.2; a unit test pins that). It
+and credentials from the calling `http_request` frame, through launcher/client/mlflow_client_internals.py
+(the MLflow internals it relies on, checked against the installed MLflow's version). It
 adds the token only when that URL is a Databricks Apps URL or under MLFLOW_APP_DATABRICKS_TOKEN_URLS
 (launcher/client/app_token.py), and the request carries no credential of the user's own
 (MLFLOW_TRACKING_TOKEN, a user name and password, MLFLOW_TRACKING_AUTH, an Authorization header).
-Should a later MLflow call it from elsewhere, it falls back to the tracking URI.
+Should a later MLflow call it from elsewhere, or on an MLflow release that module was not tested
+with (it then warns once), it falls back to the tracking URI.
 
 MLflow imports this module in every client process (our own MLflow child included, whose calls go
 to the workspace and never get a token from here): the standard library and mlflow only at the top.
@@ -20,28 +22,19 @@ to the workspace and never get a token from here): the standard library and mlfl
 from __future__ import annotations
 
 import os
-import sys
-from dataclasses import dataclass
 
 from mlflow.tracking.request_header.abstract_request_header_provider import RequestHeaderProvider
 
+from launcher.client import mlflow_client_internals
 from launcher.client.app_token import AppTokenError, DatabricksToken, TokenTargets, origin
+from launcher.client.mlflow_client_internals import OutgoingRequest
 
-# How far up to look for MLflow's http_request: it is 5 frames up (outgoing_request, _request_for_us,
-# in_context or request_headers, resolve_request_headers, http_request).
-FRAME_SEARCH_DEPTH = 8
 CREDENTIAL_ENV = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_AUTH")
-
-
-@dataclass(frozen=True)
-class OutgoingRequest:
-    url: str
-    has_credentials: bool  # the user's own: we add nothing then
 
 
 def outgoing_request() -> OutgoingRequest | None:
     """The REST call MLflow is preparing: from the calling http_request frame, else the tracking URI."""
-    found = calling_http_request()
+    found = mlflow_client_internals.calling_http_request()
     if found is not None:
         return found
     import mlflow  # already imported: MLflow is what calls us
@@ -50,35 +43,6 @@ def outgoing_request() -> OutgoingRequest | None:
     if not uri.startswith(("http://", "https://")):
         return None
     return OutgoingRequest(uri, has_credentials=any(os.environ.get(name) for name in CREDENTIAL_ENV))
-
-
-def calling_http_request() -> OutgoingRequest | None:
-    frame = sys._getframe(1)
-    try:
-        for _ in range(FRAME_SEARCH_DEPTH):
-            if frame is None:
-                return None
-            if frame.f_code.co_name == "http_request" and frame.f_globals.get("__name__") == "mlflow.utils.rest_utils":
-                local = frame.f_locals
-                url = local.get("url")
-                if not isinstance(url, str):
-                    return None
-                return OutgoingRequest(url, has_credentials(local.get("host_creds"), local.get("extra_headers")))
-            frame = frame.f_back
-        return None
-    finally:
-        del frame  # frames hold every local of the call: drop the reference at once
-
-
-def has_credentials(host_creds, extra_headers) -> bool:
-    """Whether MLflow will authenticate this request itself (and would replace our header anyway)."""
-    if extra_headers and any(name.lower() == "authorization" for name in extra_headers):
-        return True
-    if host_creds is None:
-        return False
-    user_password = getattr(host_creds, "username", None) and getattr(host_creds, "password", None)
-    others = ("token", "auth", "aws_sigv4", "use_databricks_sdk", "client_secret")
-    return bool(user_password or any(getattr(host_creds, name, None) for name in others))
 
 
 class DatabricksAppTokenProvider(RequestHeaderProvider):

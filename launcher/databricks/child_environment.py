@@ -41,6 +41,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # The folder of a volume that holds what the app serves, when the destination is a whole volume.
 VOLUME_FOLDER = "mlflow"
 
+
 def child_artifacts_destination(settings: Settings) -> str:
     """Where the child keeps served artifacts, as MLflow's repositories name it.
 
@@ -75,25 +76,29 @@ def child_app_arguments(settings: Settings) -> list[str]:
 def write_sdk_profile(directory: Path) -> Path:
     """A databricks-sdk config file holding our profile: timeouts only, no host, no credential."""
     path = directory / "databrickscfg"
-    path.write_text(
-        f"[{SDK_PROFILE}]\nhttp_timeout_seconds = {SDK_HTTP_TIMEOUT_SECONDS}\nretry_timeout_seconds = {SDK_RETRY_TIMEOUT_SECONDS}\n"
-    )
+    path.write_text(f"[{SDK_PROFILE}]\nhttp_timeout_seconds = {SDK_HTTP_TIMEOUT_SECONDS}\nretry_timeout_seconds = {SDK_RETRY_TIMEOUT_SECONDS}\n")
     return path
 
 
 def write_child_plugin(directory: Path) -> Path:
-    """A folder that declares our `mlflow.app` plugin to the child, returned for its PYTHONPATH.
+    """A folder that declares our MLflow plugins to the child, returned for its PYTHONPATH: the
+    `mlflow.app` the launcher names with `--app-name`, and the `mlflow.artifact_repository` for the
+    `mlflow-artifacts` scheme inside the child (artifacts.py, proxied_repository).
 
     On Databricks Apps our packages run from the uploaded folder and are not installed, so no
-    installed package metadata declares the entry point `mlflow server --app-name` looks up; this
-    minimal distribution does, wherever we run.
+    installed package metadata declares the entry points MLflow looks up; this minimal distribution
+    does, wherever we run, and only in the child: declared in pyproject.toml, the repository would
+    replace `mlflow-artifacts` in every user's client too.
     """
     from launcher.inside_mlflow.workspace_plugin.plugin import WORKSPACE_APP_NAME
 
+    plugin = "launcher.inside_mlflow.workspace_plugin"
     info = directory / "child-plugin" / "mlflow_app_workspace-1.0.dist-info"
     info.mkdir(parents=True, exist_ok=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mlflow-app-workspace\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[mlflow.app]\n{WORKSPACE_APP_NAME} = launcher.inside_mlflow.workspace_plugin.plugin:create_workspace_app\n")
+    (info / "entry_points.txt").write_text(
+        f"[mlflow.app]\n{WORKSPACE_APP_NAME} = {plugin}.plugin:create_workspace_app\n\n[mlflow.artifact_repository]\nmlflow-artifacts = {plugin}.artifacts:proxied_repository\n"
+    )
     return info.parent
 
 

@@ -10,7 +10,9 @@ current. A failure ends the script with one line saying what to change (FAILURE_
 becomes the reason `/health` gives.
 
 It reads the store from its environment (URI_VARIABLE), never from its command line, and imports
-none of the front's modules (launcher.mlflow_package is the standard library only).
+none of the front's modules (launcher.mlflow_package is the standard library only). MLflow's
+internals it relies on (its db utils, its migration files) go through mlflow_internals.py, which
+refuses, in one line and before connecting, an MLflow release it was not tested with.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ import os
 import re
 import sys
 from urllib.parse import unquote, urlsplit
-
-from launcher.mlflow_package import mlflow_package_dir
 
 URI_VARIABLE = "MLFLOW_APP_DATABASE_URI"  # to the child in its environment, not on its visible command line
 OPTION_VARIABLE = "MLFLOW_APP_DATABASE_OPTION"
@@ -53,15 +53,15 @@ def describe_failure(exc: BaseException, uri: str, option: str) -> str:
     if isinstance(exc, ModuleNotFoundError):
         return f"the PostgreSQL driver ({exc.name}) is not installed; install mlflow-app with its postgres extra (uv sync --extra postgres, or pip install 'mlflow-app[postgres]')."
     if "password authentication failed" in lowered:
-        return f"PostgreSQL at {where} refused the password for user \"{user}\"; correct the user and password in {option} (or PGPASSWORD)."
+        return f'PostgreSQL at {where} refused the password for user "{user}"; correct the user and password in {option} (or PGPASSWORD).'
     if "no password supplied" in lowered:
-        return f"PostgreSQL at {where} wants a password for user \"{user}\" and none was given; put it in {option} or in PGPASSWORD."
+        return f'PostgreSQL at {where} wants a password for user "{user}" and none was given; put it in {option} or in PGPASSWORD.'
     if re.search(r'role ".*" does not exist', lowered):
         return f"PostgreSQL at {where} has no user \"{user}\"; create it (CREATE ROLE {user} LOGIN PASSWORD '…') or correct {option}."
     if re.search(r'database ".*" does not exist', lowered):
-        return f"PostgreSQL at {where} has no database \"{database}\"; create it (CREATE DATABASE {database} OWNER {user}) or correct {option}."
+        return f'PostgreSQL at {where} has no database "{database}"; create it (CREATE DATABASE {database} OWNER {user}) or correct {option}.'
     if "no pg_hba.conf entry" in lowered:
-        return f"PostgreSQL at {where} does not accept connections from this host for user \"{user}\" ({detail}); add an entry to its pg_hba.conf."
+        return f'PostgreSQL at {where} does not accept connections from this host for user "{user}" ({detail}); add an entry to its pg_hba.conf.'
     if "connection refused" in lowered:
         return f"cannot reach PostgreSQL at {where} (connection refused); check the host and port in {option} and that the server is running."
     if "timeout expired" in lowered or "timed out" in lowered:
@@ -69,29 +69,16 @@ def describe_failure(exc: BaseException, uri: str, option: str) -> str:
     if "resolve host" in lowered or "translate host name" in lowered or "name or service not known" in lowered:
         return f"cannot resolve the host of {option} ({where.rsplit(':', 1)[0]}); correct the host name."
     if "permission denied" in lowered:
-        return f"user \"{user}\" may not change database \"{database}\" on {where} ({detail}); make it the database's owner (ALTER DATABASE {database} OWNER TO {user})."
+        return f'user "{user}" may not change database "{database}" on {where} ({detail}); make it the database\'s owner (ALTER DATABASE {database} OWNER TO {user}).'
     return f"PostgreSQL at {where}: {detail or type(original).__name__}"
 
 
 def schema_head() -> str | None:
-    """The newest schema revision of the installed MLflow, read from its migration files.
+    """The newest schema revision of the installed MLflow, read from its migration files without
+    importing MLflow (mlflow_internals.schema_head); None when they do not show exactly one."""
+    from launcher.inside_mlflow import mlflow_internals
 
-    Read as text, not through alembic: loading the revisions would import MLflow (seconds). None
-    when the files do not show exactly one head; the caller then asks MLflow itself.
-    """
-    package = mlflow_package_dir()
-    if package is None:
-        return None
-    versions = package / "store" / "db_migrations" / "versions"
-    revisions, parents = set(), set()
-    for path in versions.glob("*.py"):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if revision := re.search(r"^revision\s*=\s*[\"'](\w+)[\"']", text, re.MULTILINE):
-            revisions.add(revision.group(1))
-        if down := re.search(r"^down_revision\s*=\s*(.+)$", text, re.MULTILINE):
-            parents.update(re.findall(r"[\"'](\w+)[\"']", down.group(1)))
-    heads = revisions - parents
-    return heads.pop() if len(heads) == 1 else None
+    return mlflow_internals.schema_head()
 
 
 def current_revision(connection) -> str | None:
@@ -128,27 +115,23 @@ def prepare(uri: str) -> None:
 
 def migrate_schema(engine) -> None:
     """Create the schema on an empty database, upgrade an older one, refuse a newer one."""
-    from alembic.script import ScriptDirectory
-    from mlflow.store.db import utils  # seconds to import: only once the database has answered
+    from launcher.inside_mlflow import mlflow_internals as mlflow  # MLflow's own steps: seconds to import, only now
 
-    if not utils._all_tables_exist(engine):
+    if not mlflow.all_tables_exist(engine):
         print("INFO database: creating MLflow's tables", flush=True)
-        utils._initialize_tables(engine)
+        mlflow.initialize_tables(engine)
         return
-    head = utils._get_latest_schema_revision()
-    current = utils._get_schema_version(engine)
+    head = mlflow.latest_schema_revision()
+    current = mlflow.schema_version(engine)
     if current == head:
         print(f"INFO database: schema is current ({head})", flush=True)
         return
-    scripts = ScriptDirectory.from_config(utils._get_alembic_config(db_url=""))
-    try:
-        known = current is not None and scripts.get_revision(current) is not None
-    except Exception:  # noqa: BLE001 - alembic raises for a revision it has no file for
-        known = False
-    if not known:
-        raise SchemaNewerError(f"the database's schema ({current}) is not one this MLflow knows (its newest is {head}): a newer MLflow has migrated it; run the same mlflow-app version on every replica.")
+    if not mlflow.knows_revision(current):
+        raise SchemaNewerError(
+            f"the database's schema ({current}) is not one this MLflow knows (its newest is {head}): a newer MLflow has migrated it; run the same mlflow-app version on every replica."
+        )
     print(f"WARNING database: upgrading the schema from {current} to {head}", flush=True)
-    utils._upgrade_db(engine)
+    mlflow.upgrade_schema(engine)
 
 
 class SchemaNewerError(RuntimeError):
@@ -158,6 +141,11 @@ class SchemaNewerError(RuntimeError):
 def main() -> int:
     uri = os.environ.get(URI_VARIABLE, "")
     option = os.environ.get(OPTION_VARIABLE, "--backend-store-uri")
+    try:
+        from launcher.inside_mlflow import mlflow_internals  # noqa: F401 - refuses an MLflow release it was not tested with
+    except ImportError as exc:  # before connecting: nothing is touched
+        print(f"{FAILURE_PREFIX}{exc}", flush=True)
+        return 1
     try:
         prepare(uri)
     except SchemaNewerError as exc:

@@ -19,18 +19,23 @@ The request's scope then says what the client got, for the request log: `CUT_OFF
 And uvicorn writes a response's head and its body in two system calls; `HeldWrites` makes them one.
 
 The one module that touches uvicorn's internals (uvicorn.protocols.http.httptools_impl and
-flow_control): it subclasses HttpToolsProtocol and relies on its parser callbacks, `self.url`,
-`self.headers`, `self.cycle` (and the cycle's `transport`, `scope`, `body`, `more_body`,
-`response_started`, `response_complete`, `disconnected`, `message_event` and
-`waiting_for_100_continue`), `self.flow` (`read_paused`, `write_paused`), `pause_writing` (called
-by the transport), `self.transport`, `self.loop`, `self.client`, `self.server_state.default_headers`
-and `send_400_response`, as in uvicorn 0.54 (`UVICORN_CHECKED`); tests/proxy/edge/test_http_protocol.py
-holds it to them, and to that version.
+flow_control): it subclasses HttpToolsProtocol and relies on its parser callbacks (`on_message_begin`,
+`on_url`, `on_headers_complete`), `data_received`, `connection_made`, `connection_lost`, `shutdown`,
+`self.url`, `self.headers`, `self.cycle` (and the cycle's `transport`, through which it writes a
+response's status line first, `scope`, `body`, `more_body`, `response_started`, `response_complete`,
+`disconnected`, `message_event` and `waiting_for_100_continue`), `self.flow` (`read_paused`,
+`write_paused`), `pause_writing` (called by the transport), `self.transport`, `self.loop`,
+`self.client`, `self.server_state.default_headers`, `send_400_response` and
+`_unsupported_upgrade_warning`, as in uvicorn 0.54 (`UVICORN_CHECKED`). Importing it with another
+uvicorn release raises `UntestedUvicorn` (an ImportError) in one line, so the front does not start
+on internals it was not tested with; tests/proxy/edge/test_http_protocol.py holds uvicorn to all of
+the above.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -40,7 +45,24 @@ from proxy.exchange import CUT_OFF_EXTENSION
 
 log = logging.getLogger("mlflow_app.front")
 
-UVICORN_CHECKED = "0.54"  # the uvicorn release this module was read against (the tests check it is installed)
+UVICORN_CHECKED = "0.54"  # the uvicorn release (major.minor) this module was read against and tested with
+
+
+class UntestedUvicorn(ImportError):
+    """The installed uvicorn is not the release this module was tested with."""
+
+
+def untested_uvicorn(installed: str | None) -> str | None:
+    """The one line that refuses `installed` (a uvicorn version); None for the tested release."""
+    if installed and ".".join(installed.split(".")[:2]) == UVICORN_CHECKED:
+        return None
+    return (
+        f"mlflow-app's front HTTP edge was tested with uvicorn {UVICORN_CHECKED}; installed: {installed}. Install uvicorn=={UVICORN_CHECKED}.* or an mlflow-app release made for {installed}."
+    )
+
+
+if _refusal := untested_uvicorn(importlib.metadata.version("uvicorn")):
+    raise UntestedUvicorn(_refusal)
 
 MAX_TARGET_BYTES = 32 * 1024  # the request target: path and query string
 MAX_HEAD_BYTES = 64 * 1024  # the request line and every header together
@@ -315,7 +337,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._mark_status_sent(cycle)
         log.warning(
             "cut off a slow client at %s: %s read nothing of its answer for %g s",
-            self._client_host(), what, self.client_idle_seconds,
+            self._client_host(),
+            what,
+            self.client_idle_seconds,
         )
         # close() would wait to flush what the client is not reading; uvicorn's connection_lost
         # then marks the request disconnected and releases the app's send() and receive().
@@ -410,4 +434,3 @@ class HeldWrites:
 
     def is_closing(self) -> bool:
         return self.transport.is_closing()
-

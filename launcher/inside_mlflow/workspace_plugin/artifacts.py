@@ -9,7 +9,8 @@ workspace credentials:
   read from Unity Catalog's storage (read only: a version's files are written once, on
   registration, by the registry store).
 Inside the child, the same `mlflow-artifacts:` URIs resolve to the destination too, so that the
-registry store can read a run's model files when a client registers them.
+registry store can read a run's model files when a client registers them (`proxied_repository`,
+registered through MLflow's `mlflow.artifact_repository` entry points, not by touching its registry).
 """
 
 from __future__ import annotations
@@ -36,9 +37,7 @@ def model_version_path(path: str) -> tuple[str, str, str] | None:
     if not match:
         from mlflow.exceptions import MlflowException
 
-        raise MlflowException.invalid_parameter_value(
-            f"'{path}' is not a model version path: use {UC_MODELS_PREFIX}/<catalog>.<schema>.<model>/<version>/<file>."
-        )
+        raise MlflowException.invalid_parameter_value(f"'{path}' is not a model version path: use {UC_MODELS_PREFIX}/<catalog>.<schema>.<model>/<version>/<file>.")
     return match["name"], match["version"], match["rest"] or ""
 
 
@@ -49,22 +48,34 @@ def model_version_repository(name: str, version: str):
     return get_artifact_repository(f"models:/{name}/{version}")
 
 
-def register_proxied_scheme(destination: str) -> None:
-    """Make `mlflow-artifacts:` URIs usable inside the child: they name files in `destination`."""
-    from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry, get_artifact_repository
+def proxied_repository(artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None):
+    """The repository for an `mlflow-artifacts:` URI inside the child: MLflow's public
+    `mlflow.artifact_repository` entry point for that scheme, which the launcher declares in the
+    child's plugin dist-info (launcher/databricks/child_environment.py, write_child_plugin).
 
-    def proxied_repository(artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None):
-        path = urlsplit(artifact_uri).path.lstrip("/")
-        if (model := model_version_path(path)) is not None:
-            name, version, rest = model
-            if rest:
-                from mlflow.exceptions import MlflowException
+    While the server serves artifacts, such a URI names a file in the artifacts destination (or a
+    whole Unity Catalog model version, in the model space), so that the registry store can read a
+    run's model files when a client registers them. Otherwise it is MLflow's own repository, which
+    reaches a tracking server over HTTP, as without the plugin.
+    """
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-                raise MlflowException.invalid_parameter_value("Name a whole model version, not a file inside it.")
-            return model_version_repository(name, version)
-        return get_artifact_repository(posixpath.join(destination, path) if path else destination)
+    from launcher.inside_mlflow import mlflow_internals
 
-    _artifact_repository_registry.register("mlflow-artifacts", proxied_repository)
+    destination = mlflow_internals.served_artifacts_destination()
+    if destination is None:
+        from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+        return MlflowArtifactsRepository(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
+    path = urlsplit(artifact_uri).path.lstrip("/")
+    if (model := model_version_path(path)) is not None:
+        name, version, rest = model
+        if rest:
+            from mlflow.exceptions import MlflowException
+
+            raise MlflowException.invalid_parameter_value("Name a whole model version, not a file inside it.")
+        return model_version_repository(name, version)
+    return get_artifact_repository(posixpath.join(destination, path) if path else destination)
 
 
 class ProxiedArtifactRouter:

@@ -32,4 +32,6 @@ def adapt_tracking_store(store) -> None:
     ProxiedLocationTrackingStore.__name__ = f"ProxiedLocation{base.__name__}"
     # On the instance only: the stores MLflow builds elsewhere in this process stay as they are,
     # and isinstance checks in MLflow's handlers still hold.
-    store.__class__ = ProxiedLocationTrackingStore
+    from launcher.inside_mlflow import mlflow_internals
+
+    mlflow_internals.adapt_instance(store, ProxiedLocationTrackingStore)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 log = logging.getLogger("mlflow_app.child")
 
@@ -18,29 +17,33 @@ def create_workspace_app():
     """Install the workspace adaptations in MLflow's server handlers, then return MLflow's app.
 
     A factory, so that MLflow's CLI process (which only checks that the entry point is callable)
-    does not build stores; the uvicorn worker calls it once.
+    does not build stores; the uvicorn worker calls it once. On an MLflow release the adaptations
+    were not tested with, the worker stops with one line saying what to install (mlflow_internals.py).
     """
-    from mlflow.server import ARTIFACTS_DESTINATION_ENV_VAR, SERVE_ARTIFACTS_ENV_VAR, handlers
+    try:
+        from launcher.inside_mlflow import mlflow_internals
+    except ImportError as exc:  # UntestedMlflow: its message says what to install
+        log.error("%s", exc)
+        raise SystemExit(1) from None
     from mlflow.server.fastapi_app import app
 
-    from launcher.inside_mlflow.workspace_plugin.artifacts import ProxiedArtifactRouter, register_proxied_scheme
+    from launcher.inside_mlflow.workspace_plugin.artifacts import ProxiedArtifactRouter
     from launcher.inside_mlflow.workspace_plugin.experiments import adapt_tracking_store
-    from launcher.inside_mlflow.workspace_plugin.registry import adapt_registry_store, is_unity_catalog_store
+    from launcher.inside_mlflow.workspace_plugin.registry import adapt_registry_store
 
-    tracking_store = handlers._get_tracking_store()  # also sets this process's tracking URI
-    registry_store = handlers._get_model_registry_store()  # and its registry URI
-    destination = os.environ.get(ARTIFACTS_DESTINATION_ENV_VAR)
-    serving_artifacts = os.environ.get(SERVE_ARTIFACTS_ENV_VAR) == "true" and bool(destination)
-    if serving_artifacts:
+    tracking_store, registry_store = mlflow_internals.server_stores()  # also sets this process's tracking and registry URIs
+    destination = mlflow_internals.served_artifacts_destination()
+    if destination:
         adapt_tracking_store(tracking_store)
-        register_proxied_scheme(destination)
-        handlers._artifact_repo = ProxiedArtifactRouter(destination)
-    unity_catalog = is_unity_catalog_store(registry_store)
+        # `mlflow-artifacts:` URIs resolved inside this process already name the destination: the
+        # `mlflow.artifact_repository` entry point the launcher declares (artifacts.proxied_repository).
+        mlflow_internals.serve_artifacts_from(ProxiedArtifactRouter(destination))
+    unity_catalog = mlflow_internals.is_unity_catalog_registry_store(registry_store)
     if unity_catalog:
-        adapt_registry_store(registry_store, proxied_downloads=serving_artifacts)
+        adapt_registry_store(registry_store, proxied_downloads=bool(destination))
     log.info(
         "workspace adaptations installed: artifacts %s, Unity Catalog registry %s",
-        f"served from {destination}" if serving_artifacts else "left to the workspace",
+        f"served from {destination}" if destination else "left to the workspace",
         "adapted" if unity_catalog else "not in use",
     )
     return app

@@ -38,12 +38,6 @@ _SORT_KEYS = {
 _OFFSET_TOKEN = "offset:"
 
 
-def is_unity_catalog_store(store) -> bool:
-    from mlflow.store._unity_catalog.registry.rest_store import UcModelRegistryStore
-
-    return isinstance(store, UcModelRegistryStore)
-
-
 def name_conditions(filter_string: str | None) -> list[str]:
     """The conditions of a registered-model filter that still need applying, as strings.
 
@@ -80,10 +74,7 @@ def name_matcher(filter_string: str):
 
     match = _NAME_FILTER.match(filter_string)
     if not match:
-        raise MlflowException.invalid_parameter_value(
-            f"Unsupported filter '{filter_string}' for Unity Catalog models: the app serves name = '…', "
-            "name LIKE '…' and name ILIKE '…' only."
-        )
+        raise MlflowException.invalid_parameter_value(f"Unsupported filter '{filter_string}' for Unity Catalog models: the app serves name = '…', name LIKE '…' and name ILIKE '…' only.")
     op, value = match["op"].lower(), match["value"]
     if op == "=":
         return lambda name: name == value
@@ -109,6 +100,7 @@ def adapt_registry_store(store, proxied_downloads: bool) -> None:
     """Give `store` (the server's UC registry store instance) the behaviour in the module doc."""
     from mlflow.store.entities.paged_list import PagedList
 
+    from launcher.inside_mlflow import mlflow_internals
     from launcher.inside_mlflow.workspace_plugin.artifacts import model_version_download_uri
 
     base = type(store)
@@ -152,22 +144,19 @@ def adapt_registry_store(store, proxied_downloads: bool) -> None:
             return model_version_download_uri(model_version.name or name, model_version.version)
 
     OpenSourceServerUcStore.__name__ = f"OpenSourceServer{base.__name__}"
-    store.__class__ = OpenSourceServerUcStore
+    mlflow_internals.adapt_instance(store, OpenSourceServerUcStore)
 
 
 def plain_model_version(found):
     """A version from UC's search as the ModelVersion MLflow's handler can serialise.
 
     The store returns `ModelVersionSearch`, whose `aliases` is a method that raises (UC search
-    carries no aliases or tags), so the handler's `to_proto` failed with a TypeError: a 500.
+    carries no aliases or tags), so the handler's `to_proto` failed with a TypeError: a 500. The
+    copy keeps the empty tags and aliases the search gave.
     """
-    from mlflow.entities.model_registry import ModelVersion
+    from launcher.inside_mlflow import mlflow_internals
 
-    if type(found) is ModelVersion:
-        return found
-    plain = ModelVersion.__new__(ModelVersion)
-    plain.__dict__.update(found.__dict__)  # empty tags and aliases, as the search gave them
-    return plain
+    return mlflow_internals.as_model_version(found)
 
 
 def page_of(items: list, max_results: int | None, page_token: str | None):

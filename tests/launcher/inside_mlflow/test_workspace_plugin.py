@@ -64,6 +64,34 @@ def test_the_child_finds_the_plugin_without_mlflow_app_being_installed(tmp_path)
     assert found.stdout.strip() == "create_workspace_app", found.stderr
 
 
+def test_mlflow_artifacts_uris_inside_the_child_name_the_destination_through_the_public_entry_point(tmp_path):
+    """`mlflow.artifact_repository` entry point `mlflow-artifacts`, declared by the child's plugin
+    dist-info only: with artifacts served they name the destination, otherwise MLflow's own HTTP
+    repository stays (as it does in any process without the plugin, users' clients included)."""
+    import subprocess
+    import sys
+
+    from launcher.databricks.child_environment import write_child_plugin
+    from launcher.mlflow_process import mlflow_environment
+
+    destination = tmp_path / "destination"
+    probe = (
+        "from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository;"
+        "repo = get_artifact_repository('mlflow-artifacts:/experiments/e1');"
+        "print(type(repo).__name__, repo.artifact_uri)"
+    )
+    served = {"_MLFLOW_SERVER_ARTIFACT_DESTINATION": str(destination), "_MLFLOW_SERVER_SERVE_ARTIFACTS": "true"}
+    plugin = write_child_plugin(tmp_path)
+    outputs = []
+    for child_plugin, extra in [(plugin, served), (plugin, {}), (None, served)]:
+        env = mlflow_environment(WORKSPACE, base={"PATH": "/usr/bin:/bin", "MLFLOW_TRACKING_URI": "http://127.0.0.1:5999", **extra}, child_plugin=child_plugin)
+        found = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        outputs.append(found.stdout.strip() or found.stderr)
+    assert outputs[0] == f"LocalArtifactRepository {destination}/experiments/e1"
+    assert outputs[1].startswith("MlflowArtifactsRepository http://127.0.0.1:5999/api/2.0/mlflow-artifacts/artifacts/experiments/e1")
+    assert outputs[2].startswith("MlflowArtifactsRepository ")  # without the plugin's declaration
+
+
 def test_experiments_created_without_a_location_get_a_served_one():
     created = []
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from proxy.edge.http_protocol import UVICORN_CHECKED, BoundedHttpToolsProtocol
+from proxy.edge.http_protocol import UVICORN_CHECKED, BoundedHttpToolsProtocol, untested_uvicorn
 from tests.threaded_server import ThreadedServer
 
 
@@ -235,6 +235,22 @@ def test_chunked_alone_is_served(server):
 # --- the uvicorn internals proxy/edge/http_protocol.py relies on ------------------------------------------
 
 
+def test_another_uvicorn_release_is_refused_at_import_in_one_line():
+    """In a fresh interpreter, as the front would import it; the version is made to read 0.55.0."""
+    import subprocess
+    import sys
+
+    probe = "import importlib.metadata as m; real = m.version;m.version = lambda name: '0.55.0' if name == 'uvicorn' else real(name);import proxy.edge.http_protocol"
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == (
+        "proxy.edge.http_protocol.UntestedUvicorn: mlflow-app's front HTTP edge was tested with uvicorn 0.54; installed: 0.55.0. "
+        "Install uvicorn==0.54.* or an mlflow-app release made for 0.55.0."
+    )
+    assert untested_uvicorn("0.54.0") is None and untested_uvicorn("0.54.7") is None
+    assert untested_uvicorn("0.5.4") and untested_uvicorn("1.54.0")
+
+
 def test_the_uvicorn_internals_the_protocol_relies_on_are_there():
     """Named in proxy/edge/http_protocol.py's docstring; the behaviour behind each is held by the tests
     around this one. A failure here means reading uvicorn's httptools_impl.py again."""
@@ -243,8 +259,18 @@ def test_the_uvicorn_internals_the_protocol_relies_on_are_there():
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
     assert uvicorn.__version__.startswith(UVICORN_CHECKED + "."), f"read against uvicorn {UVICORN_CHECKED}"
-    for name in ("on_message_begin", "on_url", "on_headers_complete", "data_received", "connection_made",
-                 "connection_lost", "pause_writing", "send_400_response", "shutdown", "_unsupported_upgrade_warning"):
+    for name in (
+        "on_message_begin",
+        "on_url",
+        "on_headers_complete",
+        "data_received",
+        "connection_made",
+        "connection_lost",
+        "pause_writing",
+        "send_400_response",
+        "shutdown",
+        "_unsupported_upgrade_warning",
+    ):
         assert callable(getattr(HttpToolsProtocol, name)), name
 
     class Transport:
@@ -263,8 +289,17 @@ def test_the_uvicorn_internals_the_protocol_relies_on_are_there():
     assert (flow.read_paused, flow.write_paused) == (True, True)
 
     cycle = RequestResponseCycle(
-        scope={"type": "http"}, transport=Transport(), flow=flow, logger=None, access_logger=None, access_log=False,
-        default_headers=[], message_event=asyncio.Event(), expect_100_continue=True, keep_alive=True, on_response=lambda: None,
+        scope={"type": "http"},
+        transport=Transport(),
+        flow=flow,
+        logger=None,
+        access_logger=None,
+        access_log=False,
+        default_headers=[],
+        message_event=asyncio.Event(),
+        expect_100_continue=True,
+        keep_alive=True,
+        on_response=lambda: None,
     )
     assert (cycle.body, cycle.more_body, cycle.disconnected, cycle.waiting_for_100_continue) == (bytearray(), True, False, True)
     assert (cycle.response_started, cycle.response_complete, cycle.scope) == (False, False, {"type": "http"})
