@@ -28,9 +28,10 @@ import logging
 import sys
 from dataclasses import dataclass
 
+from launcher.client.mlflow_release import untested_message
+
 log = logging.getLogger("mlflow_app.client")
 
-TESTED_MLFLOW = ("3.17",)  # major.minor releases this module was read against and tested with
 # How far above the caller of calling_http_request to look: MLflow's http_request is 5 frames up
 # from there (outgoing_request, _request_for_us, in_context or request_headers, resolve_request_headers).
 FRAME_SEARCH_DEPTH = 8
@@ -59,14 +60,7 @@ def installed_mlflow() -> str | None:
 
 def untested_mlflow(installed: str | None) -> str | None:
     """The one-line warning for `installed` (an MLflow version); None for a tested release."""
-    if installed and ".".join(installed.split(".")[:2]) in TESTED_MLFLOW:
-        return None
-    tested = " or ".join(TESTED_MLFLOW)
-    return (
-        f"mlflow-app's mlflow client plugin was tested with MLflow {tested}; installed: {installed or 'none'}. "
-        f"Install mlflow=={TESTED_MLFLOW[-1]}.* or an mlflow-app release made for {installed or 'your MLflow'}. "
-        "Until then it adds a Databricks token only by the tracking URI."
-    )
+    return untested_message(installed, "mlflow client plugin", then="Until then it adds a Databricks token only by the tracking URI.")
 
 
 UNTESTED = untested_mlflow(installed_mlflow())  # checked once, on import

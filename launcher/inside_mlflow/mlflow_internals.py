@@ -42,9 +42,9 @@ import os
 import re
 from pathlib import Path
 
+from launcher.client.mlflow_release import untested_message
 from launcher.mlflow_package import mlflow_package_dir, mlflow_version
 
-TESTED_MLFLOW = ("3.17",)  # major.minor releases this module was read against and tested with
 # The Unity Catalog registry store's methods the plugin overrides, with the parameters it passes on.
 REGISTRY_METHODS = {
     "search_registered_models": ("filter_string", "max_results", "order_by", "page_token"),
@@ -64,13 +64,7 @@ class UntestedMlflow(ImportError):
 
 def untested_mlflow(installed: str | None) -> str | None:
     """The one line that refuses `installed` (an MLflow version); None for a tested release."""
-    if installed and ".".join(installed.split(".")[:2]) in TESTED_MLFLOW:
-        return None
-    tested = " or ".join(TESTED_MLFLOW)
-    return (
-        f"mlflow-app's MLflow server plugin and schema migration were tested with MLflow {tested}; installed: {installed or 'none'}. "
-        f"Install mlflow=={TESTED_MLFLOW[-1]}.* or an mlflow-app release made for {installed or 'your MLflow'}."
-    )
+    return untested_message(installed, "MLflow server plugin and schema migration")
 
 
 def require_tested_mlflow(installed: str | None = None) -> None:

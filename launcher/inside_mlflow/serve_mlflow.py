@@ -37,9 +37,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher.client.mlflow_release import TESTED_MLFLOW, is_tested
 from launcher.mlflow_package import mlflow_version
 
-TESTED_MLFLOW = ("3.17",)  # major.minor releases whose `mlflow server` this mirrors
 # `mlflow server` options read from the environment that this module does not mirror: when one is
 # set, MLflow's own CLI runs instead. (Store URIs arrive in STORE_ENV; workers, host and port as
 # options; the security settings are read by MLflow's middleware itself.)
@@ -89,7 +89,7 @@ def installed_mlflow_version() -> str | None:
 def supports_installed_mlflow(version: str | None = None) -> bool:
     """Whether the installed MLflow is one whose server set-up this module mirrors."""
     version = version if version is not None else installed_mlflow_version()
-    return bool(version) and ".".join(version.split(".")[:2]) in TESTED_MLFLOW
+    return is_tested(version)
 
 
 def parse_arguments(argv: list[str], environ: Mapping[str, str] | None = None) -> argparse.Namespace:

@@ -13,8 +13,9 @@ import re
 
 import pytest
 
+from launcher.client.mlflow_release import TESTED_MLFLOW
 from launcher.inside_mlflow import mlflow_internals
-from launcher.inside_mlflow.mlflow_internals import TESTED_MLFLOW, UntestedMlflow
+from launcher.inside_mlflow.mlflow_internals import UntestedMlflow
 
 
 def parameters(function) -> list[str]:
