@@ -39,13 +39,18 @@ async def echo(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": answer})
 
 
-@pytest.fixture(scope="module")
-def server():
-    running = ThreadedServer(echo, name="echo", http=SmallLimits, ws="none", timeout_keep_alive=5).start()
+def serving(app, name: str, protocol):
+    """`app` on a uvicorn of its own with `protocol`, for a module's tests."""
+    running = ThreadedServer(app, name=name, http=protocol, ws="none", timeout_keep_alive=5).start()
     try:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="module")
+def server():
+    yield from serving(echo, "echo", SmallLimits)
 
 
 def connect(server) -> socket.socket:
@@ -371,11 +376,7 @@ async def slow_client_app(scope, receive, send) -> None:
 
 @pytest.fixture(scope="module")
 def slow_server():
-    running = ThreadedServer(slow_client_app, name="slow-clients", http=SlowClientLimits, ws="none", timeout_keep_alive=5).start()
-    try:
-        yield running
-    finally:
-        running.stop()
+    yield from serving(slow_client_app, "slow-clients", SlowClientLimits)
 
 
 def head(path: str, length: int, *extra: bytes) -> bytes:
