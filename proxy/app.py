@@ -93,10 +93,11 @@ class Front:
             return
         exchange = Exchange(scope)
         proxies = self.proxies
-        if not proxies.trusts(exchange.client_host):
+        peer = exchange.client  # the TCP peer, until a trusted proxy names the client behind it
+        if not proxies.trusts(peer):
             exchange.distrust_forwarded()  # a client's own X-Forwarded-* claims count for nothing
         elif b"x-forwarded-for" in exchange.lists:
-            exchange.client = proxies.client_address(exchange.client_host, exchange.lists[b"x-forwarded-for"])
+            exchange.client = proxies.client_address(peer, exchange.lists[b"x-forwarded-for"])
         if self.public_scheme is not None and b"x-forwarded-proto" not in exchange.first:
             exchange.first[b"x-forwarded-proto"] = self.public_scheme
         self.observer.started(exchange)

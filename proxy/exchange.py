@@ -15,6 +15,7 @@ import time
 
 from starlette.types import Message, Scope, Send
 
+from proxy.edge.forwarded import FORWARDED_HEADERS
 from proxy.errors import send_mlflow_error
 
 # Where the front's HTTP edge (proxy/edge/http_protocol.py) notes, in the request's scope, what a client
@@ -46,8 +47,8 @@ _WATCHED = frozenset(
         b"accept-encoding",
     }
 )
-# Believed only from a configured proxy (proxy.edge.forwarded).
-_FORWARDED = (b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-for", b"x-forwarded-email")
+# The watched headers believed only from a configured proxy (proxy.edge.forwarded lists them all).
+_FORWARDED = tuple(sorted(_WATCHED & FORWARDED_HEADERS))
 # Read as a list: more than one is an error (host, authorization, content-length) or a chain
 # (x-forwarded-for).
 _REPEATABLE = frozenset({b"host", b"authorization", b"x-forwarded-for", b"content-length"})
