@@ -143,15 +143,20 @@ async def test_time_to_an_upstream_timeout_is_time_spent_waiting_on_mlflow(start
 
 async def test_requests_in_flight_rise_and_return_to_zero(http):
     assert (await scrape(http)).value("mlflow_app_requests_in_flight") == 0  # the scrape itself is not counted
+    await gauge_during_a_stream(http, "mlflow_app_requests_in_flight")
+
+
+async def gauge_during_a_stream(http, gauge: str) -> None:
+    """`gauge` is 1 while an event stream is under way, and back to 0 shortly after it ends."""
     async with http.stream("GET", "/sse") as events:
         chunks = events.aiter_bytes()
         await anext(chunks)  # the first event is out: the request is under way
-        assert (await scrape(http)).value("mlflow_app_requests_in_flight") == 1
+        assert (await scrape(http)).value(gauge) == 1
         async for _ in chunks:
             pass
     deadline = asyncio.get_running_loop().time() + 2
-    while (await scrape(http)).value("mlflow_app_requests_in_flight") != 0:
-        assert asyncio.get_running_loop().time() < deadline, "in-flight gauge did not return to 0"
+    while (await scrape(http)).value(gauge) != 0:
+        assert asyncio.get_running_loop().time() < deadline, f"{gauge} did not return to 0"
         await asyncio.sleep(0.02)
 
 
@@ -159,16 +164,7 @@ async def test_connections_to_mlflow_in_use_are_a_gauge(http):
     before = await scrape(http)
     assert before.value("mlflow_app_upstream_connections_limit") == 512
     assert before.value("mlflow_app_upstream_requests_waiting") == 0
-    async with http.stream("GET", "/sse") as events:
-        chunks = events.aiter_bytes()
-        await anext(chunks)
-        assert (await scrape(http)).value("mlflow_app_upstream_connections_in_use") == 1
-        async for _ in chunks:
-            pass
-    deadline = asyncio.get_running_loop().time() + 2
-    while (await scrape(http)).value("mlflow_app_upstream_connections_in_use") != 0:
-        assert asyncio.get_running_loop().time() < deadline, "a connection stayed in use"
-        await asyncio.sleep(0.02)
+    await gauge_during_a_stream(http, "mlflow_app_upstream_connections_in_use")
 
 
 async def test_bytes_in_and_out_match_what_was_sent(http):
