@@ -41,6 +41,7 @@ from launcher.mlflow_process import die_with_parent
 from tests.app_process import free_port
 from tests.standin.errors import ApiError, databricks_error
 from tests.standin.files_api import FilesApi
+from tests.standin.grants import Grants
 from tests.standin.unity_catalog import UnityCatalogRegistry
 from tests.threaded_server import ThreadedServer
 
@@ -100,6 +101,7 @@ class StandinWorkspace:
         self.with_mlflow = with_mlflow
         self.token_ttl_seconds = token_ttl_seconds
         self.faults = Faults()
+        self.grants = Grants()  # open until a test calls grants.enforce()
         self.tokens: dict[str, IssuedToken] = {}
         self.requests: list[RecordedRequest] = []
         self.port = 0
