@@ -154,6 +154,17 @@ def check_ui_dir(ui_dir: Path) -> None:
         )
 
 
+def check_experiment_folder(folder: str | None) -> None:
+    """A workspace folder is an absolute path of plain names: `/Shared/mlflow`, not `mlflow` or `/Shared/../x`."""
+    if folder is None:
+        return
+    parts = folder.split("/")
+    if not folder.startswith("/") or folder == "/" or any(part in ("", ".", "..") for part in parts[1:]):
+        raise SettingsError(
+            f"--experiment-folder: '{folder}' is not an absolute workspace folder; use a path such as /Shared/<app name> or /Users/<you>/mlflow (no trailing slash, no '.' or '..')."
+        )
+
+
 MIN_AUTH_TOKEN_LENGTH = 16
 
 
@@ -200,6 +211,7 @@ def validate(settings: Settings) -> None:
     check_scheme("--registry-store-uri", settings.registry_store_uri, REGISTRY_STORE_SCHEMES)
     check_scheme("--default-artifact-root", settings.default_artifact_root, ARTIFACT_SCHEMES)
     check_scheme("--artifacts-destination", settings.artifacts_destination, ARTIFACT_SCHEMES)
+    check_experiment_folder(settings.experiment_folder)
     check_database_driver("--backend-store-uri", settings.backend_store_uri)
     check_database_driver("--registry-store-uri", settings.registry_store_uri)
     if settings.uses_data_dir:

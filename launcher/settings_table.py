@@ -114,6 +114,12 @@ def default_host() -> str:
     return "0.0.0.0" if os.environ.get("DATABRICKS_APP_PORT") or on_databricks_apps() else "127.0.0.1"
 
 
+def default_experiment_folder() -> str | None:
+    """On Databricks Apps a workspace folder of the app's own, `/Shared/<app name>`; elsewhere none."""
+    app_name = os.environ.get("DATABRICKS_APP_NAME", "").strip()
+    return f"/Shared/{app_name}" if app_name else None
+
+
 SERVE_SETTINGS: tuple[Setting, ...] = (
     Setting("host", "--host", ("MLFLOW_HOST",), str, "127.0.0.1", dynamic=lambda: default_host(), shown="`127.0.0.1`; `0.0.0.0` on Databricks Apps",
             help="Address the front listens on. MLflow itself listens on 127.0.0.1 or a private Unix socket only."),
@@ -134,6 +140,12 @@ SERVE_SETTINGS: tuple[Setting, ...] = (
     Setting("artifacts_destination", "--artifacts-destination", ("MLFLOW_ARTIFACTS_DESTINATION",), str | None, None, metavar="URI",
             shown="`<data-dir>/artifacts`",
             help="Where served artifacts are stored: a path, `s3://`, `gs://`, `wasbs://`, `abfss://`, …"),
+    Setting("experiment_folder", "--experiment-folder", ("MLFLOW_APP_EXPERIMENT_FOLDER",), str | None, None, dynamic=lambda: default_experiment_folder(),
+            metavar="PATH", shown="none; `/Shared/<DATABRICKS_APP_NAME>` on Databricks Apps",
+            help="Workspace folder (an absolute path) for experiments named without one, with a workspace tracking store (`databricks`): "
+                 "`churn` becomes `<folder>/churn`, and the default experiment (`0`, what `mlflow.start_run()` uses with nothing set) "
+                 "is `<folder>/Default`. Created at start if missing. Without it, such names are refused with a 400 saying to set it. "
+                 "See [docs/databricks.md](docs/databricks.md)."),
     Setting("workers", "--workers", ("MLFLOW_WORKERS",), int, 1,
             help="MLflow's uvicorn workers. Each costs about 250 MB and a few CPU-seconds at start."),
     Setting("job_execution", "--job-execution/--no-job-execution", ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION",), bool, False,
