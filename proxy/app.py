@@ -96,8 +96,9 @@ class Front:
         peer = exchange.client  # the TCP peer, until a trusted proxy names the client behind it
         if not proxies.trusts(peer):
             exchange.distrust_forwarded()  # a client's own X-Forwarded-* claims count for nothing
-        elif b"x-forwarded-for" in exchange.lists:
-            exchange.client = proxies.client_address(peer, exchange.lists[b"x-forwarded-for"])
+        elif b"x-forwarded-for" in exchange.lists or b"x-real-ip" in exchange.first:
+            # Behind a proxy every request shares its address: the per-client cap and the log need the client's.
+            exchange.client = proxies.client_address(peer, exchange.lists.get(b"x-forwarded-for"), exchange.first.get(b"x-real-ip"))
         if self.public_scheme is not None and b"x-forwarded-proto" not in exchange.first:
             exchange.first[b"x-forwarded-proto"] = self.public_scheme
         self.observer.started(exchange)

@@ -38,6 +38,8 @@ _WATCHED = frozenset(
         b"x-forwarded-for",
         b"x-request-id",
         b"x-forwarded-email",
+        b"x-forwarded-preferred-username",
+        b"x-real-ip",
         b"origin",
         b"authorization",
         b"content-length",
@@ -162,8 +164,10 @@ class Exchange:
 
     @property
     def user(self) -> str | None:
-        email = self.first.get(b"x-forwarded-email")
-        return email.decode("latin-1") if email is not None else None
+        """Who the trusted proxy says is browsing: the email, else the user name (never a token)."""
+        first = self.first
+        user = first.get(b"x-forwarded-email") or first.get(b"x-forwarded-preferred-username")
+        return user.decode("latin-1") if user is not None else None
 
     def is_cors_preflight(self) -> bool:
         """A browser's CORS preflight, which by the Fetch standard never carries credentials."""

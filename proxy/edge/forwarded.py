@@ -66,15 +66,19 @@ class TrustedProxies:
             return False
         return any(address in network for network in self.networks)
 
-    def client_address(self, peer: str | None, forwarded_for: list[bytes] | None) -> str | None:
+    def client_address(self, peer: str | None, forwarded_for: list[bytes] | None, real_ip: bytes | None = None) -> str | None:
         """The client's address: the peer, or, behind trusted proxies, the nearest address in
-        `X-Forwarded-For` that is not one of them (the one a trusted proxy saw)."""
-        if not forwarded_for or not self.trusts(peer):
+        `X-Forwarded-For` that is not one of them (the one a trusted proxy saw); failing that, the
+        proxy's `X-Real-Ip` (what Databricks Apps sends, where every peer is trusted: `*`); failing
+        that, the first address of the chain."""
+        if not self.trusts(peer):
             return peer
-        hops = [hop.strip().decode("latin-1") for value in forwarded_for for hop in value.split(b",")]
+        hops = [hop.strip().decode("latin-1") for value in forwarded_for or () for hop in value.split(b",")]
         for hop in reversed(hops):
             if hop and not self.trusts(hop):
                 return hop
+        if real_ip and (real := real_ip.strip().decode("latin-1")):
+            return real
         return hops[0] if hops and hops[0] else peer
 
 

@@ -62,6 +62,21 @@ async def test_proxied_request_is_logged_once_with_its_measurements(client, requ
     assert record.fields["duration_ms"] > 0
 
 
+async def test_behind_databricks_apps_the_log_names_the_user_and_the_real_client(start_front, request_records):
+    """The platform's proxy sends X-Real-Ip and the user's names; a service principal may have no email."""
+    front = start_front(config=FrontConfig(trusted_proxies=("*",)))
+    platform = {"X-Real-Ip": "203.0.113.7", "X-Forwarded-User": "7010000000000042@1234567890123456", "X-Forwarded-Access-Token": "eyJ-user-token"}
+    async with httpx.AsyncClient(base_url=front.url, timeout=10, trust_env=False) as client:
+        await client.get("/api/2.0/mlflow/experiments/search", headers={**platform, "X-Forwarded-Email": "ada@example.com", "X-Request-Id": "log-apps-1"})
+        await client.get("/api/2.0/mlflow/experiments/search", headers={**platform, "X-Forwarded-Preferred-Username": "sp-app-1", "X-Request-Id": "log-apps-2"})
+
+    [with_email] = await request_records("log-apps-1")
+    [without] = await request_records("log-apps-2")
+    assert (with_email.fields["user"], with_email.fields["client"]) == ("ada@example.com", "203.0.113.7")
+    assert (without.fields["user"], without.fields["client"]) == ("sp-app-1", "203.0.113.7")
+    assert "eyJ-user-token" not in repr(with_email.fields) + repr(without.fields)
+
+
 async def test_ui_request_is_logged_with_the_bytes_sent(client, request_records):
     response = await client.get("/", headers={"X-Request-Id": "log-ui"})
 
