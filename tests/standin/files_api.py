@@ -10,7 +10,16 @@ Besides the plain endpoints (`/api/2.0/fs/files{path}`, `/api/2.0/fs/directories
 for files of 50 MiB or more uploads in parts (`?action=initiate-upload`, `create-upload-part-urls`,
 `?action=complete-upload`). A workspace hands out cloud-storage URLs for those; here they point at
 `/standin-cloud-storage/<signed token>` on the stand-in itself, which checks the signature and expiry
-instead of a bearer token, as a presigned URL does.
+instead of a bearer token, as a presigned URL does. MLflow's `PresignedUrlArtifactRepository` (a
+workspace that answers false to `is-databricks-sdk-models-artifact-repository-enabled`, default
+storage: cloud_storage.py) asks `create-upload-url` and `create-download-url` with a JSON body, one
+file at a time, and lists with `GET /api/2.0/fs/directories/Models/…`; an upload URL carries a header
+it must be sent with, and is refused once its model version is finalized.
+
+Grants (grants.py, once a test enforces them), checked before anything is read or written: a
+volume's files take USE CATALOG, USE SCHEMA and READ VOLUME to read or list (GET, HEAD, a download
+URL), WRITE VOLUME to write (PUT, DELETE, a directory, a multipart upload); a model version's files
+follow the model's rules (unity_catalog.py). A presigned URL is its own grant.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.standin.errors import ApiError, invalid
+from tests.standin.grants import Grants
 
 FILES = "/api/2.0/fs/files"
 DIRECTORIES = "/api/2.0/fs/directories"
@@ -48,6 +58,8 @@ class ModelFiles(Protocol):
     """Where a model version's files are (unity_catalog.UnityCatalogRegistry)."""
 
     def version_storage(self, name: str, version: str, write: bool) -> Path: ...
+
+    def require_file_access(self, principal: str, name: str, write: bool) -> None: ...
 
 
 def file_not_found(path: str) -> ApiError:
@@ -85,11 +97,13 @@ class MultipartUpload:
 class FilesApi:
     """Files under `root/volumes/…`, model versions' files where `models` keeps them."""
 
-    def __init__(self, root: Path, models: ModelFiles | None, workspace_url: Callable[[], str]):
+    def __init__(self, root: Path, models: ModelFiles | None, workspace_url: Callable[[], str], grants: Grants | None = None):
         self.root = root
+        self.grants = grants or Grants()  # open unless the workspace's grants are enforced
         self.models = models
         self.workspace_url = workspace_url
         self._signing_key = secrets.token_bytes(32)
+        self.presigned_ttl_seconds = PRESIGNED_TTL_SECONDS  # a test may shorten it to see expiry refused
         self._uploads: dict[str, MultipartUpload] = {}
 
     # -- HTTP ------------------------------------------------------------------------------
@@ -100,6 +114,7 @@ class FilesApi:
             Route(FILES + "{path:path}", self.file, methods=["GET", "HEAD", "PUT", "DELETE", "POST"]),
             Route(DIRECTORIES + "{path:path}", self.directory, methods=["GET", "HEAD", "PUT", "DELETE"]),
             Route("/api/2.0/fs/create-download-url", self.create_download_url, methods=["POST"]),
+            Route("/api/2.0/fs/create-upload-url", self.create_upload_url, methods=["POST"]),
             Route("/api/2.0/fs/create-upload-part-urls", self.create_upload_part_urls, methods=["POST"]),
             Route("/api/2.0/fs/create-abort-upload-url", self.create_abort_upload_url, methods=["POST"]),
         ]
@@ -110,6 +125,7 @@ class FilesApi:
 
     async def file(self, request: Request) -> Response:
         path = request.path_params["path"]
+        self.authorize(request, path, write=request.method not in ("GET", "HEAD"))
         if request.method == "POST":
             return await self.multipart_action(request, path)
         if request.method in ("GET", "HEAD"):
@@ -130,6 +146,7 @@ class FilesApi:
         return Response(status_code=204)
 
     async def directory(self, request: Request) -> Response:
+        self.authorize(request, request.path_params["path"], write=request.method in ("PUT", "DELETE"))
         located = self.locate(request.path_params["path"], write=request.method in ("PUT", "DELETE"))
         local = located.local
         if request.method == "PUT":
@@ -177,10 +194,24 @@ class FilesApi:
     # -- presigned URLs and multipart upload -----------------------------------------------
 
     async def create_download_url(self, request: Request) -> Response:
-        located = self.locate(required_query(request, "path"), write=False)
+        path = await path_parameter(request)
+        self.authorize(request, path, write=False)
+        located = self.locate(path, write=False)
         if not located.local.is_file():
             raise file_not_found(located.path)
         return JSONResponse({"url": self.presign({"op": "download", "path": located.path}), "headers": []})
+
+    async def create_upload_url(self, request: Request) -> Response:
+        # What MLflow's PresignedUrlArtifactRepository asks for each file of a model version in
+        # default storage. Refused once the version is finalized, as is the PUT of a URL issued before.
+        path = await path_parameter(request)
+        self.authorize(request, path, write=True)
+        located = self.locate(path, write=True)
+        if located.local == located.root:
+            raise invalid(f"'{located.path}' is a directory, not a file path.")
+        # Signed with the URL, as S3 signs headers: a PUT without them is refused.
+        headers = [{"name": "Content-Type", "value": "application/octet-stream"}]
+        return JSONResponse({"url": self.presign({"op": "upload", "path": located.path, "headers": headers}), "headers": headers})
 
     async def multipart_action(self, request: Request, path: str) -> Response:
         action = request.query_params.get("action")
@@ -221,6 +252,8 @@ class FilesApi:
         grant = self.verify(request.path_params["token"])
         if grant is None:
             return Response("SignatureDoesNotMatch or expired", status_code=403, media_type="text/plain")
+        if grant["op"] == "upload" and request.method == "PUT":
+            return await self.presigned_upload(request, grant)
         if grant["op"] == "download" and request.method in ("GET", "HEAD"):
             located = self.locate(grant["path"], write=False)
             if not located.local.is_file():
@@ -242,8 +275,18 @@ class FilesApi:
             return Response(status_code=200)
         return Response("MethodNotAllowed", status_code=405, media_type="text/plain")
 
+    async def presigned_upload(self, request: Request, grant: dict) -> Response:
+        if any(request.headers.get(h["name"]) != h["value"] for h in grant.get("headers", [])):
+            return Response("SignatureDoesNotMatch: a signed header is missing or differs", status_code=403, media_type="text/plain")
+        try:
+            located = self.locate(grant["path"], write=True)  # a version finalized since the URL was issued: 403
+        except ApiError as refused:
+            return Response(f"AccessDenied: {refused.message}", status_code=refused.status, media_type="text/plain")
+        await self.write(located, request.stream(), overwrite=True)
+        return Response(status_code=200, headers={"ETag": f'"{md5_of(located.local)}"'})
+
     def presign(self, grant: dict) -> str:
-        payload = base64.urlsafe_b64encode(json.dumps({**grant, "exp": time.time() + PRESIGNED_TTL_SECONDS}).encode()).decode()
+        payload = base64.urlsafe_b64encode(json.dumps({**grant, "exp": time.time() + self.presigned_ttl_seconds}).encode()).decode()
         signature = hmac.new(self._signing_key, payload.encode(), hashlib.sha256).hexdigest()
         return f"{self.workspace_url()}{CLOUD_STORAGE}{payload}.{signature}"
 
@@ -278,6 +321,22 @@ class FilesApi:
 
         await self.write(upload.target, joined(), upload.overwrite)
         shutil.rmtree(upload.parts_dir, ignore_errors=True)
+
+    # -- grants ----------------------------------------------------------------------------
+
+    def authorize(self, request: Request, path: str, write: bool) -> None:
+        """Raise the workspace's 403 unless the caller may read (or write) `path`; a path that is
+        not a volume's or a model version's is left to `locate`'s 400."""
+        principal = getattr(request.state, "principal", None)
+        if principal is None:
+            return
+        parts = normalised(path).split("/")[1:]
+        if parts[0] == "Volumes" and len(parts) >= 4:
+            volume = ".".join(parts[1:4])
+            self.grants.require_use(principal, volume)
+            self.grants.require(principal, "WRITE VOLUME" if write else "READ VOLUME", "volume", volume)
+        elif parts[0] == "Models" and len(parts) >= 5 and self.models is not None:
+            self.models.require_file_access(principal, ".".join(parts[1:4]).lower(), write)
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -335,6 +394,19 @@ def normalised(path: str) -> str:
     if any(s in ("", ".", "..") or "\x00" in s or "\\" in s for s in segments):
         raise invalid(f"Path '{path}' has an empty, '.' or '..' segment.")
     return path
+
+
+async def path_parameter(request: Request) -> str:
+    """`path` of a create-*-url call: a query parameter (databricks-sdk) or the JSON body (MLflow)."""
+    if value := request.query_params.get("path"):
+        return value
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise ApiError(400, "MALFORMED_REQUEST", "Request body is not valid JSON.") from None
+    if not isinstance(body, dict) or not isinstance(body.get("path"), str) or not body["path"]:
+        raise invalid("Missing required parameter 'path'.")
+    return body["path"]
 
 
 def required_query(request: Request, key: str) -> str:

@@ -5,12 +5,21 @@
 their fields as query parameters, the others as a JSON body. State is in memory; a model version's
 files live in a directory of its own under `storage_root`, reached through the Files API as
 `/Models/<catalog>/<schema>/<model>/<version>/…` (see files_api.py), as a workspace that answers
-`is-databricks-sdk-models-artifact-repository-enabled` with true serves them.
+`is-databricks-sdk-models-artifact-repository-enabled` with true serves them. A test may set that
+answer to false (`sdk_models_artifact_repository`) and choose the storage `generate-temporary-credentials`
+describes (`storage`, `catalog_storage`: default storage through presigned URLs, or a customer's S3,
+Azure or GCS; cloud_storage.py, with `model_files_branch` to restore the shared stand-in).
 
 What it holds to, as Unity Catalog does (or as MLflow's store expects it to): three-level names,
 lowercased; version numbers per model from 1; a version is PENDING_REGISTRATION from `create` until
 `finalize` makes it READY, and only a pending version's files may be written; aliases move between
 versions and are listed on models and versions; search is paginated with opaque tokens.
+
+Grants (grants.py, once a test enforces them): creating a model takes USE CATALOG, USE SCHEMA and
+CREATE MODEL on its schema, and its creator owns it; reading a model or its versions (get, alias,
+download URI, lineage, read credentials) takes USE CATALOG, USE SCHEMA and EXECUTE or ownership;
+changing it (update, delete, aliases, tags, versions) takes ownership; search lists only the models
+the caller may read. `authorize` says which operation asks for what.
 """
 
 from __future__ import annotations
@@ -28,7 +37,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.standin.cloud_storage import DefaultStorage, ModelStorage
 from tests.standin.errors import ApiError, already_exists, invalid, not_found
+from tests.standin.grants import Grants
 
 UC_PREFIX = "/api/2.0/mlflow/unity-catalog/"
 METASTORE_ID = "5f1c2b7e-standin-metastore"
@@ -39,6 +50,32 @@ DEFAULT_PAGE_SIZE = 100
 # One name part: no dots (they separate levels), slashes (names become Files API paths), spaces
 # or control characters.
 NAME_PART = re.compile(r"^[^./\s\x00-\x1f]+$")
+# What each operation asks of the caller's grants (authorize); anything else asks nothing.
+READ_OPERATIONS = frozenset(
+    {
+        ("registered-models/get", "GET"),
+        ("registered-models/alias", "GET"),
+        ("model-versions/get", "GET"),
+        ("model-versions/get-download-uri", "GET"),
+        ("model-versions/emit-lineage", "POST"),
+    }
+)
+OWNER_OPERATIONS = frozenset(
+    {
+        ("registered-models/update", "PATCH"),
+        ("registered-models/delete", "DELETE"),
+        ("registered-models/alias", "POST"),
+        ("registered-models/alias", "DELETE"),
+        ("registered-models/set-tag", "POST"),
+        ("registered-models/delete-tag", "DELETE"),
+        ("model-versions/create", "POST"),
+        ("model-versions/finalize", "POST"),
+        ("model-versions/update", "PATCH"),
+        ("model-versions/delete", "DELETE"),
+        ("model-versions/set-tag", "POST"),
+        ("model-versions/delete-tag", "DELETE"),
+    }
+)
 # The two filters UC's model version search takes (MLflow's docstring: one condition on name or run_id).
 VERSION_FILTER = re.compile(r"^\s*(name|run_id)\s*=\s*'([^']*)'\s*$")
 
@@ -135,11 +172,16 @@ def page_of(items: list, params: dict) -> tuple[list, str | None]:
 class UnityCatalogRegistry:
     """Registered models and their versions, in memory; versions' files in `storage_root`."""
 
-    def __init__(self, storage_root: Path, sdk_models_artifact_repository: bool = True):
+    def __init__(self, storage_root: Path, sdk_models_artifact_repository: bool = True, grants: Grants | None = None):
         self.storage_root = storage_root
+        self.grants = grants or Grants()  # open unless the workspace's grants are enforced
         # What `is-databricks-sdk-models-artifact-repository-enabled` answers: true makes MLflow
         # move model files through the Files API (`/Models/…`), which the stand-in serves.
         self.sdk_models_artifact_repository = sdk_models_artifact_repository
+        # When it answers false: where versions' files are kept and what `generate-temporary-credentials`
+        # hands out for them, for the metastore or one catalog (cloud_storage.py).
+        self.storage: ModelStorage = DefaultStorage()
+        self.catalog_storage: dict[str, ModelStorage] = {}
         self.models: dict[str, RegisteredModelRecord] = {}
         self.lineage_events: list[dict] = []
         self._handlers = {
@@ -194,6 +236,7 @@ class UnityCatalogRegistry:
                 raise ApiError(400, "MALFORMED_REQUEST", "Request body must be a JSON object.")
             params.update(json_body)
         principal = getattr(request.state, "principal", "unknown")
+        self.authorize(operation, request.method, params, principal)
         return JSONResponse(handler(params, principal))
 
     # -- registered models -----------------------------------------------------------------
@@ -205,6 +248,7 @@ class UnityCatalogRegistry:
         model = RegisteredModelRecord(uuid.uuid4().hex, name, params.get("description") or "", principal)
         model.tags = tag_map(params.get("tags"))
         self.models[name] = model
+        self.grants.set_owner(principal, "registered_model", name)  # the creator owns it, as in Unity Catalog
         return {"registered_model": self.model_json(model)}
 
     def get_registered_model(self, params: dict, principal: str) -> dict:
@@ -228,6 +272,8 @@ class UnityCatalogRegistry:
         if target in self.models:
             raise already_exists(f"Registered model '{target}' already exists.")
         del self.models[model.name]
+        if owner := self.grants.owner("registered_model", model.name):
+            self.grants.set_owner(owner, "registered_model", target)
         model.name = target
         for version in model.versions.values():
             version.name = target
@@ -245,7 +291,7 @@ class UnityCatalogRegistry:
         for unsupported in ("filter", "order_by"):
             if params.get(unsupported):
                 raise invalid(f"Parameter '{unsupported}' is not supported for registered models in Unity Catalog.")
-        models = sorted(self.models.values(), key=lambda m: m.name)
+        models = sorted((m for m in self.models.values() if self.grants.may_read_model(principal, m.name)), key=lambda m: m.name)
         page, token = page_of(models, params)
         return {"registered_models": [self.model_json(m) for m in page], **({"next_page_token": token} if token else {})}
 
@@ -304,7 +350,7 @@ class UnityCatalogRegistry:
             description=params.get("description") or "",
             user_id=principal,
             storage_dir=self.storage_root / model.model_id / storage_id,
-            storage_location=f"s3://standin-uc-metastore/{METASTORE_ID}/models/{model.model_id}/versions/{storage_id}",
+            storage_location=self.storage_of(model.name).location(f"{METASTORE_ID}/models/{model.model_id}/versions/{storage_id}"),
             run_tracking_server_id=params.get("run_tracking_server_id") or "",
             model_id=params.get("model_id") or "",
             tags=tag_map(params.get("tags")),
@@ -355,6 +401,7 @@ class UnityCatalogRegistry:
             found = [(model, v) for v in model.versions.values()] if model else []
         else:
             found = [(m, v) for m in self.models.values() for v in m.versions.values() if v.run_id == value]
+        found = [(m, v) for m, v in found if self.grants.may_read_model(principal, m.name)]
         found.sort(key=lambda mv: (mv[0].name, -mv[1].version))
         page, token = page_of(found, params)
         # Search results carry neither aliases nor tags (MLflow's conversion drops them too).
@@ -388,14 +435,50 @@ class UnityCatalogRegistry:
             raise invalid(f"Invalid operation '{operation}'.")
         if operation == "MODEL_VERSION_OPERATION_READ_WRITE" and version.status != PENDING:
             raise ApiError(403, "PERMISSION_DENIED", f"Model version {version.version} of '{model.name}' is {version.status}: its files can no longer be written.")
-        # Default storage: the files are reached through the workspace, not with cloud keys.
-        return {"credentials": {"storage_mode": "DEFAULT_STORAGE", "expiration_time": now_ms() + 3_600_000}}
+        # Default storage: no cloud keys, the files go through the workspace's presigned URLs;
+        # customer-hosted: keys for the version's storage location (cloud_storage.py).
+        return {"credentials": self.storage_of(model.name).credentials()}
+
+    def storage_of(self, name: str) -> ModelStorage:
+        return self.catalog_storage.get(name.split(".")[0], self.storage)
 
     def emit_lineage(self, params: dict, principal: str) -> dict:
         model = self.model(params)
         self.version(model, params)
         self.lineage_events.append(params)
         return {}
+
+    # -- grants ----------------------------------------------------------------------------
+
+    def authorize(self, operation: str, method: str, params: dict, principal: str) -> None:
+        """Raise the workspace's 403 unless `principal` may run the operation (see the module doc).
+
+        USE CATALOG and USE SCHEMA come first, as Unity Catalog checks them; the model's own rule
+        applies only to a model that exists (an unknown one stays a 404). A malformed name is left
+        to the handler's 400."""
+        key = (operation, method)
+        if key == ("model-versions/generate-temporary-credentials", "POST"):
+            key = ("model-versions/get", "GET") if params.get("operation") == "MODEL_VERSION_OPERATION_READ" else ("model-versions/create", "POST")
+        if key != ("registered-models/create", "POST") and key not in READ_OPERATIONS and key not in OWNER_OPERATIONS:
+            return
+        try:
+            name = full_name(params.get("name"))
+        except ApiError:
+            return
+        self.grants.require_use(principal, name)
+        if key == ("registered-models/create", "POST"):
+            self.grants.require(principal, "CREATE MODEL", "schema", name.rsplit(".", 1)[0])
+        elif name in self.models and key in READ_OPERATIONS:
+            self.grants.require_model_read(principal, name)
+        elif name in self.models:
+            self.grants.require_model_write(principal, name)
+
+    def require_file_access(self, principal: str, name: str, write: bool) -> None:
+        """The Files API's `/Models/…` paths: reading a version's files as loading the model, writing as its owner."""
+        if write:
+            self.grants.require_model_write(principal, name)
+        else:
+            self.grants.require_model_read(principal, name)
 
     # -- files of a version (the Files API's /Models/… paths) ------------------------------
 
