@@ -11,14 +11,27 @@ objects, one on a schema to its objects, and `ALL PRIVILEGES` stands for every p
 permission level applies to everything below it, and a higher level includes the lower ones.
 
 Refusals use the workspace's wording as reported by users ("User does not have USE SCHEMA on Schema
-'main.default'.", 403 `PERMISSION_DENIED`); the exact text for folders is unverified.
+'main.default'.", 403 `PERMISSION_DENIED`); the exact text for folders and for a model that the
+caller does not own is unverified.
+
+What the workspace's rules ask of each call lives with the call (unity_catalog.py, files_api.py);
+here are the checks they share (`require_use`, `require_owner`, `may_read_model`) and the
+effective-permissions API (`routes`), which databricks-sdk's `w.grants.get_effective` calls.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from tests.standin.errors import ApiError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.standin.errors import ApiError, invalid
+
+EFFECTIVE_PERMISSIONS = "/api/2.1/unity-catalog/effective-permissions/"
 
 ALL_PRIVILEGES = "ALL PRIVILEGES"
 # What each Unity Catalog securable is called in a refusal.
@@ -50,6 +63,16 @@ class Grants:
     def enforce(self, enforced: bool = True) -> Grants:
         self.enforced = enforced
         return self
+
+    @contextmanager
+    def restored_after(self) -> Iterator[Grants]:
+        """Whatever a test grants, revokes or enforces inside is undone after: for a stand-in that
+        a whole session shares (tests/e2e/conftest.py)."""
+        saved = (self.enforced, set(self._held), dict(self._owners))
+        try:
+            yield self
+        finally:
+            self.enforced, self._held, self._owners = saved[0], saved[1], saved[2]
 
     def grant(self, principal: str, privilege: str, securable_type: str, full_name: str) -> Grants:
         self._held.add((principal, privilege.upper().replace("_", " ") if securable_type != "folder" else privilege.upper(), securable_type, canonical(securable_type, full_name)))
@@ -83,6 +106,8 @@ class Grants:
 
     def effective(self, principal: str, securable_type: str, full_name: str) -> list[dict]:
         """What the effective-permissions API lists: each privilege held, and where it comes from."""
+        if not self.enforced:  # an open stand-in: as if granted everything on the metastore
+            return [{"privilege": ALL_PRIVILEGES, "inherited_from_type": "METASTORE", "inherited_from_name": "standin-metastore"}]
         found = []
         for kind, name in ancestors(securable_type, canonical(securable_type, full_name)):
             if self._owners.get((kind, name)) == principal:
@@ -101,6 +126,76 @@ class Grants:
             raise ApiError(403, "PERMISSION_DENIED", f"User {principal} does not have {privilege.upper()} permission on directory {name}.")
         title = SECURABLE_TITLES.get(securable_type, securable_type.title())
         raise ApiError(403, "PERMISSION_DENIED", f"User does not have {privilege.upper().replace('_', ' ')} on {title} '{name}'.")
+
+    # -- what several calls ask for ---------------------------------------------------------
+
+    def require_use(self, principal: str, full_name: str) -> None:
+        """USE CATALOG on the catalog and USE SCHEMA on the schema of a three-level name, in that order."""
+        catalog, schema = full_name.split(".")[:2]
+        self.require(principal, "USE CATALOG", "catalog", catalog)
+        self.require(principal, "USE SCHEMA", "schema", f"{catalog}.{schema}")
+
+    def owns(self, principal: str, securable_type: str, full_name: str) -> bool:
+        """Whether `principal` owns the securable or one it belongs to (an owner manages what is inside)."""
+        if not self.enforced:
+            return True
+        return any(self._owners.get(key) == principal for key in ancestors(securable_type, canonical(securable_type, full_name)))
+
+    def require_owner(self, principal: str, securable_type: str, full_name: str) -> None:
+        """Raise 403 unless `principal` owns the securable: changing a model, its versions, aliases and tags."""
+        if not self.owns(principal, securable_type, full_name):
+            title = SECURABLE_TITLES.get(securable_type, securable_type.title())
+            raise ApiError(403, "PERMISSION_DENIED", f"User is not an owner of {title} '{canonical(securable_type, full_name)}'.")
+
+    def may_read_model(self, principal: str, full_name: str) -> bool:
+        """USE CATALOG, USE SCHEMA and EXECUTE (or ownership): what seeing or loading a model takes."""
+        catalog, schema = full_name.split(".")[:2]
+        return (
+            self.has(principal, "USE CATALOG", "catalog", catalog)
+            and self.has(principal, "USE SCHEMA", "schema", f"{catalog}.{schema}")
+            and (self.owns(principal, "registered_model", full_name) or self.has(principal, "EXECUTE", "registered_model", full_name))
+        )
+
+    def require_model_read(self, principal: str, full_name: str) -> None:
+        self.require_use(principal, full_name)
+        if not self.owns(principal, "registered_model", full_name):
+            self.require(principal, "EXECUTE", "registered_model", full_name)
+
+    def require_model_write(self, principal: str, full_name: str) -> None:
+        self.require_use(principal, full_name)
+        self.require_owner(principal, "registered_model", full_name)
+
+    # -- the effective-permissions API -------------------------------------------------------
+
+    def routes(self) -> list[Route]:
+        return [Route(EFFECTIVE_PERMISSIONS + "{securable_type}/{full_name:path}", self.get_effective, methods=["GET"])]
+
+    async def get_effective(self, request: Request) -> Response:
+        """`GET /api/2.1/unity-catalog/effective-permissions/{type}/{name}[?principal=…]`, as
+        `w.grants.get_effective` reads it: privileges with underscores, and where each comes from.
+
+        Anyone may ask about themselves; about another principal only its owner (a workspace also
+        lets metastore admins and MANAGE holders ask: not modelled)."""
+        securable_type = request.path_params["securable_type"].lower()
+        full_name = request.path_params["full_name"]
+        if securable_type in ("function", "model"):  # what the API calls a registered model
+            securable_type = "registered_model"
+        if securable_type not in ("catalog", "schema", "volume", "registered_model"):
+            raise invalid(f"Unsupported securable type '{securable_type}'.")
+        if len(full_name.split(".")) != {"catalog": 1, "schema": 2}.get(securable_type, 3):
+            raise invalid(f"Invalid full name '{full_name}' for a {securable_type}.")
+        caller = getattr(request.state, "principal", "")
+        asked = request.query_params.get("principal") or caller
+        if asked != caller and self.enforced and not self.owns(caller, securable_type, full_name):
+            raise ApiError(403, "PERMISSION_DENIED", f"User does not have MANAGE on {SECURABLE_TITLES.get(securable_type, 'Securable')} '{canonical(securable_type, full_name)}'.")
+        privileges = []
+        for held in self.effective(asked, securable_type, full_name):
+            entry = {"privilege": held["privilege"].replace(" ", "_")}
+            if (held["inherited_from_type"].lower(), held["inherited_from_name"]) != (securable_type, canonical(securable_type, full_name)):
+                entry["inherited_from_type"] = held["inherited_from_type"].replace("REGISTERED_MODEL", "FUNCTION")
+                entry["inherited_from_name"] = held["inherited_from_name"]
+            privileges.append(entry)
+        return JSONResponse({"privilege_assignments": [{"principal": asked, "privileges": privileges}] if privileges else []})
 
 
 def canonical(securable_type: str, full_name: str) -> str:

@@ -110,11 +110,11 @@ class StandinWorkspace:
         self._backing: subprocess.Popen | None = None
         self._forward: httpx.AsyncClient | None = None
         self.files_root = workdir / "files"
-        self.unity_catalog = UnityCatalogRegistry(self.files_root / "uc-models")
-        self.files = FilesApi(self.files_root, self.unity_catalog, lambda: self.url)
+        self.unity_catalog = UnityCatalogRegistry(self.files_root / "uc-models", grants=self.grants)
+        self.files = FilesApi(self.files_root, self.unity_catalog, lambda: self.url, grants=self.grants)
         # The registry's and the Files API's routes come before the forward to MLflow, which would
         # otherwise take `/api/2.0/mlflow/unity-catalog/…`.
-        guarded = [self._guarded(route) for route in self.unity_catalog.routes() + self.files.routes()]
+        guarded = [self._guarded(route) for route in self.unity_catalog.routes() + self.files.routes() + self.grants.routes()]
         self.app = Starlette(
             routes=[
                 Route("/.well-known/databricks-config", self.host_metadata),
