@@ -40,6 +40,7 @@ def standin_workspace(tmp_path_factory):
     from tests.standin.workspace import StandinWorkspace
 
     workspace = StandinWorkspace(tmp_path_factory.mktemp("standin-workspace")).start()
+    workspace.folders.add_home("e2e")  # a user of the workspace, in whose home folder the Databricks-mode tests name experiments
     try:
         yield workspace
     finally:

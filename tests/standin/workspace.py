@@ -42,7 +42,9 @@ from tests.app_process import free_port
 from tests.standin.errors import ApiError, databricks_error
 from tests.standin.files_api import FilesApi
 from tests.standin.grants import Grants
+from tests.standin.tracking_rules import TrackingRules
 from tests.standin.unity_catalog import UnityCatalogRegistry
+from tests.standin.workspace_folders import WorkspaceFolders
 from tests.threaded_server import ThreadedServer
 
 WORKSPACE_ID = "1234567890123456"
@@ -51,6 +53,7 @@ ACCOUNT_ID = "00000000-0000-4000-8000-00000000abcd"
 # preview forms older clients use); everything else answers 404 like an unknown endpoint.
 MLFLOW_API_PREFIXES = ("/api/2.0/mlflow/", "/api/2.0/preview/mlflow/", "/api/3.0/mlflow/")
 BACKING_START_TIMEOUT = 120.0
+PAT_USER = "pat-user@example.com"  # who a personal access token belongs to
 
 
 @dataclass
@@ -114,7 +117,11 @@ class StandinWorkspace:
         self.files = FilesApi(self.files_root, self.unity_catalog, lambda: self.url, grants=self.grants)
         # The registry's and the Files API's routes come before the forward to MLflow, which would
         # otherwise take `/api/2.0/mlflow/unity-catalog/…`.
+        # The folder tree, and the workspace's rules on experiment names (checked before the forward to MLflow).
+        self.folders = WorkspaceFolders(self.grants, users=(client_id, PAT_USER))
+        self.tracking_rules = TrackingRules(self.folders, lambda: self._forward, MLFLOW_API_PREFIXES)
         guarded = [self._guarded(route) for route in self.unity_catalog.routes() + self.files.routes() + self.grants.routes()]
+        guarded += [self._guarded(route) for route in self.folders.routes() + self.tracking_rules.routes()]
         self.app = Starlette(
             routes=[
                 Route("/.well-known/databricks-config", self.host_metadata),
@@ -274,7 +281,7 @@ class StandinWorkspace:
         """Who the caller is, as the workspace would record it (user_id of what it creates)."""
         value = request.headers.get("authorization", "")[7:].strip()
         issued = self.tokens.get(value)
-        return issued.client_id if issued else "pat-user@example.com"
+        return issued.client_id if issued else PAT_USER
 
     def _credential(self, request: Request) -> str:
         header = request.headers.get("authorization", "")
