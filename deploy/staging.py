@@ -18,7 +18,9 @@ from deploy import DeployError
 # What the app runs. Not deploy/: it runs on the machine that deploys, never on the platform.
 PACKAGES = ("launcher", "proxy")
 LEFT_OUT = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
-MAX_FILE_BYTES = 10 * 1024 * 1024  # the platform's limit for one source file
+# The platform's limit for one source file: "App files can't exceed 10 MB" (Databricks Apps docs,
+# "Develop Databricks apps"), read as the SI megabyte, the stricter reading: 10,000,000 bytes.
+MAX_FILE_BYTES = 10_000_000
 STAGE_MARKER = "app.yaml"  # a folder holding it was staged by us and may be replaced
 
 SECRET_FILE_NAMES = (
@@ -92,7 +94,7 @@ def limit_problems(staged: StagedApp) -> list[str]:
     for f in staged.files:
         name = f.path.rsplit("/", 1)[-1]
         if f.size > MAX_FILE_BYTES:
-            problems.append(f"{f.path} is {f.size / 1e6:.1f} MB, over the platform's 10 MB per file")
+            problems.append(f"{f.path} is {f.size:,} bytes, over the platform's limit of 10 MB ({MAX_FILE_BYTES:,} bytes) per file")
         if any(fnmatch.fnmatch(name, pattern) for pattern in SECRET_FILE_NAMES):
             problems.append(f"{f.path} is a kind of file that holds secrets ({name})")
             continue

@@ -39,12 +39,13 @@ def log_url(app_url: str) -> str:
     return app_url.rstrip("/") + LOG_PATH
 
 
-def describe_plan(staged: StagedApp, *, app_name: str, volume: str | None, source_path: str | None, profile: str | None, timeout: float) -> list[str]:
+def describe_plan(staged: StagedApp, *, app_name: str, volume: str | None, source_path: str | None, profile: str | None, timeout: float, compute_size: str | None = None) -> list[str]:
     """What a deployment would do, for --dry-run; nothing is looked up to say it."""
     where = f"profile {profile}" if profile else "databricks-sdk's default authentication (DATABRICKS_HOST, …, or the DEFAULT profile)"
     target = source_path or default_source_path("<you>", app_name)
+    on = f" on {compute_size} compute" if compute_size else ""
     create = (
-        f"create app {app_name} with volume {volume} as resource '{VOLUME_RESOURCE}' (WRITE_VOLUME) if it does not exist"
+        f"create app {app_name}{on} with volume {volume} as resource '{VOLUME_RESOURCE}' (WRITE_VOLUME) if it does not exist"
         if volume
         else f"use the existing app {app_name} and its '{VOLUME_RESOURCE}' resource (without --volume it is not created)"
     )

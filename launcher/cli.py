@@ -188,10 +188,17 @@ def stage_command(directory, extra_env, project_dir, ui_wheel) -> None:
 @click.option(
     "--timeout", show_envvar=True, envvar="MLFLOW_APP_DEPLOY_TIMEOUT", type=float, default=1200.0, show_default=True, help="Seconds to wait for the app's compute and for the deployment."
 )
-@click.option("--poll-interval", envvar="MLFLOW_APP_DEPLOY_POLL_INTERVAL", type=float, default=5.0, hidden=True)
+@click.option(
+    "--compute-size",
+    show_envvar=True,
+    envvar="MLFLOW_APP_COMPUTE_SIZE",
+    type=click.Choice(("MEDIUM", "LARGE"), case_sensitive=False),
+    show_default="the platform's, MEDIUM",
+    help="Compute of a new app: MEDIUM (2 vCPU, 6 GB) or LARGE (4 vCPU, 12 GB). An existing app keeps its own.",
+)
 @app_source_options
 @ui_wheel_option
-def deploy_command(app_name, volume, source_path, profile, dry_run, stage_dir, timeout, poll_interval, extra_env, project_dir, ui_wheel) -> None:
+def deploy_command(app_name, volume, source_path, profile, dry_run, stage_dir, timeout, compute_size, extra_env, project_dir, ui_wheel) -> None:
     """Deploy to Databricks Apps in one command.
 
     \b
@@ -206,17 +213,18 @@ def deploy_command(app_name, volume, source_path, profile, dry_run, stage_dir, t
 
         check_app_name(app_name)
         volume = volume_full_name(volume) if volume else None
+        compute_size = compute_size.upper() if compute_size else None
         if stage_dir is None:
             stage_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mlflow-app-deploy-"))) / "app"
         staged = prepare_upload(project_dir, stage_dir, extra_env=parse_env_options(extra_env), ui_wheel=ui_wheel, echo=click.echo)
         if dry_run:
-            for line in describe_plan(staged, app_name=app_name, volume=volume, source_path=source_path, profile=profile, timeout=timeout):
+            for line in describe_plan(staged, app_name=app_name, volume=volume, source_path=source_path, profile=profile, timeout=timeout, compute_size=compute_size):
                 click.echo(line)
             return
         from deploy.workspace import AppDeployer, workspace_client  # databricks-sdk takes seconds to import
 
-        deployer = AppDeployer(workspace_client(profile), echo=click.echo, poll_interval=poll_interval, timeout=timeout)
-        deployer.run(staged, app_name=app_name, volume=volume, source_path=source_path)
+        deployer = AppDeployer(workspace_client(profile), echo=click.echo, timeout=timeout)  # waits with databricks-sdk's waiters
+        deployer.run(staged, app_name=app_name, volume=volume, source_path=source_path, compute_size=compute_size)
 
 
 @main.command("call")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -70,5 +72,24 @@ def standin(monkeypatch, tmp_path):
         monkeypatch.setenv("DATABRICKS_HOST", server.url)
         monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
         monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-databrickscfg"))  # no profile of this machine's
-        monkeypatch.setenv("MLFLOW_APP_DEPLOY_POLL_INTERVAL", "0.01")
+        sdk_waiters_poll_quickly(monkeypatch)
         yield server
+
+
+@pytest.fixture
+def oauth_standin(standin, monkeypatch):
+    """The stand-in, with databricks-sdk's unified auth set to an OAuth client (machine to machine)
+    instead of a token, as a CI job that deploys with a service principal sets it."""
+    monkeypatch.delenv("DATABRICKS_TOKEN")
+    for name, value in standin.oauth_env().items():
+        monkeypatch.setenv(name, value)
+    return standin
+
+
+def sdk_waiters_poll_quickly(monkeypatch) -> None:
+    """databricks-sdk's waiters (`wait_get_app_active`, `Wait.result`) sleep 1 s, 2 s, … up to 10 s
+    between GETs; the stand-in moves one step per GET, so tests shorten the sleeps and keep the
+    waiters' logic (their deadline still runs on the real clock)."""
+    from databricks.sdk.service import apps
+
+    monkeypatch.setattr(apps, "time", SimpleNamespace(time=time.time, sleep=lambda seconds: time.sleep(0.01)))

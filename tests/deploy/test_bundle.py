@@ -1,16 +1,21 @@
 """databricks.yml stays in step with app.yaml and with what `mlflow-app deploy` creates: the same folder,
-the resources app.yaml reads, the same volume grant. (Only parsed here: no Databricks CLI runs.)"""
+the resources app.yaml reads, the same volume grant; users get CAN_USE, and the compute size is one the
+platform offers. The app resource is checked against the bundle schema as databricks-bundles (the
+Python form of the Databricks CLI's bundle schema) states it, when installed; no Databricks CLI runs."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
+from databricks.sdk.service.apps import ComputeSize
 
 from deploy.render import databricks_app_config, render_app_yaml
 from deploy.staging import STAGE_MARKER
 from deploy.target import check_app_name
 from deploy.workspace import DESCRIPTION, volume_resource
-from launcher.cli import STAGE_DIR
+from launcher.cli import STAGE_DIR, deploy_command
 from tests.deploy.conftest import REPO
 
 BUNDLE = yaml.safe_load((REPO / "databricks.yml").read_text(encoding="utf-8"))
@@ -52,3 +57,35 @@ def test_name_and_description():
 
 def test_secret_files_are_kept_out_of_the_sync():
     assert {"**/.env", "**/.env.*", "**/.databrickscfg"} <= set(BUNDLE["sync"]["exclude"])
+
+
+def with_defaults(value):
+    """`value` with every ${var.x} replaced by the variable's default, as the CLI would without --var."""
+    if isinstance(value, dict):
+        return {k: with_defaults(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_defaults(v) for v in value]
+    if isinstance(value, str) and (found := re.fullmatch(r"\$\{var\.(\w+)\}", value)):
+        return BUNDLE["variables"][found[1]].get("default", value)
+    return value
+
+
+def test_users_of_a_group_may_use_the_app():
+    assert APP["permissions"] == [{"level": "CAN_USE", "group_name": "${var.app_users_group}"}]
+    assert BUNDLE["variables"]["app_users_group"]["default"] == "users"  # every user of the workspace, until narrowed
+
+
+def test_the_compute_size_is_one_the_platform_and_mlflow_app_deploy_offer():
+    assert APP["compute_size"] == "${var.compute_size}"
+    default = BUNDLE["variables"]["compute_size"]["default"]
+    offered = next(p for p in deploy_command.params if p.name == "compute_size").type.choices
+    assert default in offered and set(offered) <= {size.value for size in ComputeSize}
+
+
+def test_the_app_resource_is_what_the_bundle_schema_allows():
+    """Unknown fields, permission levels and compute sizes are refused here as `databricks bundle validate` would."""
+    bundles = pytest.importorskip("databricks.bundles.apps", reason="databricks-bundles is not installed: the bundle schema check needs it (a dev dependency)")
+    assert bundles.App.from_dict(APP).permissions[0].level == bundles.AppPermissionLevel.CAN_USE
+    assert bundles.App.from_dict(with_defaults(APP)).compute_size == bundles.ComputeSize.MEDIUM
+    with pytest.raises(ValueError, match="Unexpected field"):
+        bundles.App.from_dict({**APP, "compute": "LARGE"})  # the check can fail

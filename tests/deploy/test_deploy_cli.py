@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from launcher.cli import main
 from tests.deploy.conftest import GIT_COMMIT, GOLDEN, REPO
-from tests.deploy.standin_apps import USER, WORKSPACE_ID
+from tests.deploy.standin_apps import CLIENT_ID, CLIENT_SECRET, USER, WORKSPACE_ID
 
 APP = "my-mlflow"
 VOLUME = "main.mlflow.artifacts"
@@ -29,7 +29,8 @@ def existing_app(standin, name: str = APP, *, volume: str | None = VOLUME, compu
     resources = [{"name": "artifact-volume", "uc_securable": {"securable_full_name": volume, "securable_type": "VOLUME", "permission": "WRITE_VOLUME"}}] if volume else []
     standin.state.apps[name] = {
         "name": name, "resources": resources, "url": f"https://{name}-{WORKSPACE_ID}.aws.databricksapps.com",
-        "compute_status": {"state": compute, "message": ""}, "service_principal_client_id": "sp", "_polls": 0,
+        "compute_status": {"state": compute, "message": ""}, "compute_size": "MEDIUM", "service_principal_client_id": "sp", "_polls": 0,
+        "app_status": {"state": "RUNNING", "message": "App is running."},
     }  # fmt: skip
 
 
@@ -60,20 +61,74 @@ def test_first_deploy_creates_the_app_uploads_and_deploys_a_snapshot(standin):
     assert f"Creating app {APP} with volume {VOLUME} as its resource 'artifact-volume' (read and write)" in out
     assert f"Uploading {len(files)} files" in out and f"uploaded {len(files)}/{len(files)}" in out
     assert "compute STARTING: App compute is starting." in out and "compute ACTIVE after" in out
-    for step in ("PENDING: Deployment is pending.", "IN_PROGRESS: Installing packages from requirements.txt.", "SUCCEEDED: App started successfully."):
-        assert step in out
+    steps = ("IN_PROGRESS: Preparing source code for new app deployment.", "IN_PROGRESS: Installing packages from requirements.txt.", "SUCCEEDED: App started successfully.")
+    assert [line.split(" s  ", 1)[1] for line in out.splitlines() if " s  " in line] == list(steps)  # each state once, in order
     assert out.rstrip().splitlines()[-2:] == [f"App URL: {URL}", f"Logs:    {URL}/logz"]
 
 
 def test_a_failed_deployment_exits_non_zero_with_the_platforms_message(standin):
     reason = "Error installing packages: ERROR: No matching distribution found for mlflow==99.0"
-    standin.state.failing_apps["broken-app"] = reason
+    standin.state.deployment_endings["broken-app"] = ("FAILED", reason)
     result = deploy("--app-name", "broken-app", "--volume", VOLUME)
     assert result.exit_code == 1
     (line,) = result.stderr.splitlines()
     assert line.startswith("Error: Deployment ") and f"of app broken-app FAILED: {reason}." in line
     assert line.endswith(f"The app's log: https://broken-app-{WORKSPACE_ID}.aws.databricksapps.com/logz")
     assert "App URL:" not in result.stdout
+
+
+def test_a_cancelled_deployment_ends_the_wait(standin):
+    """databricks-sdk's waiter stops only at SUCCEEDED or FAILED; a CANCELLED deployment must end it too."""
+    standin.state.deployment_endings["cancelled-app"] = ("CANCELLED", "Deployment was cancelled by someone@example.com.")
+    result = deploy("--app-name", "cancelled-app", "--volume", VOLUME, "--timeout", "30")
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    assert "of app cancelled-app CANCELLED: Deployment was cancelled by someone@example.com." in line
+
+
+def test_a_deployment_still_running_at_the_timeout_is_reported(standin):
+    standin.state.deployment_endings["slow-app"] = ("IN_PROGRESS", "Installing packages from requirements.txt.")
+    result = deploy("--app-name", "slow-app", "--volume", VOLUME, "--timeout", "1")
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: Deployment ") and "of app slow-app is still IN_PROGRESS after 1 s; follow it at https://slow-app-" in line
+
+
+def test_deploy_with_an_oauth_client(oauth_standin):
+    """DATABRICKS_HOST with DATABRICKS_CLIENT_ID/SECRET: databricks-sdk fetches a token, and the files go to
+    the service principal's folder (the workspace says who the caller is)."""
+    result = deploy("--app-name", APP, "--volume", VOLUME)
+    assert result.exit_code == 0, result.output
+    requests = oauth_standin.state.requests
+    assert ("GET", "/oidc/.well-known/oauth-authorization-server") in requests and ("POST", "/oidc/v1/token") in requests
+    assert oauth_standin.state.files_under(f"/Workspace/Users/{CLIENT_ID}/mlflow-app/{APP}")
+    assert result.stdout.rstrip().endswith(f"Logs:    {URL}/logz")
+    assert CLIENT_SECRET not in result.output
+
+
+def test_a_wrong_client_secret_is_one_line(oauth_standin, monkeypatch):
+    monkeypatch.setenv("DATABRICKS_CLIENT_SECRET", "dose-not-the-right-secret")
+    result = deploy("--app-name", APP, "--volume", VOLUME)
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: Looking up the current user failed: Databricks authentication: invalid_client") and "DATABRICKS_CLIENT_SECRET" in line
+    assert "dose-not-the-right-secret" not in result.output
+    assert not oauth_standin.state.calls("/api/2.0/apps") and not oauth_standin.state.calls("/api/2.0/workspace/")
+
+
+def test_a_new_app_gets_the_compute_size_asked_for(standin):
+    result = deploy("--app-name", APP, "--volume", VOLUME, "--compute-size", "large")
+    assert result.exit_code == 0, result.output
+    assert standin.state.apps[APP]["compute_size"] == "LARGE"
+    assert f"Creating app {APP} on LARGE compute with volume {VOLUME}" in result.stdout
+
+
+def test_an_existing_app_on_another_compute_size_is_refused_before_uploading(standin):
+    existing_app(standin)
+    result = deploy("--app-name", APP, "--compute-size", "LARGE")
+    assert result.exit_code == 1
+    assert f"App {APP} runs on MEDIUM compute, not LARGE" in result.stderr
+    assert not standin.state.calls("/api/2.0/workspace/")
 
 
 def test_redeploy_uses_the_existing_app_and_its_volume(standin):
@@ -123,14 +178,14 @@ def test_volume_as_a_path_and_a_chosen_source_path(standin):
 
 
 def test_dry_run_sends_nothing(standin):
-    result = deploy("--app-name", APP, "--volume", VOLUME, "--dry-run")
+    result = deploy("--app-name", APP, "--volume", VOLUME, "--dry-run", "--compute-size", "LARGE")
     assert result.exit_code == 0, result.output
     assert standin.state.requests == []
     out = result.stdout
     assert "requirements.txt: " in out and "mlflow 3.17.2 from PyPI" in out
     assert "UI assets: from the mlflow wheel pip installs on the platform" in out
     assert "Dry run: nothing was sent to the workspace." in out
-    assert f"create app {APP} with volume {VOLUME} as resource 'artifact-volume' (WRITE_VOLUME)" in out
+    assert f"create app {APP} on LARGE compute with volume {VOLUME} as resource 'artifact-volume' (WRITE_VOLUME)" in out
     assert "SNAPSHOT" in out and "<app url>/logz" in out
 
 
@@ -151,6 +206,14 @@ def test_a_secret_in_the_upload_stops_everything_before_any_request(standin, git
     result = deploy("--app-name", APP, "--volume", VOLUME, "--project-dir", str(git_project), "--ui-wheel", str(ui_wheel))
     assert result.exit_code == 1
     assert "Nothing was uploaded: proxy/.env is a kind of file that holds secrets (.env)" in result.stderr
+    assert standin.state.requests == []
+
+
+def test_a_file_over_10_mb_stops_everything_before_any_request(standin, git_project, ui_wheel):
+    (git_project / "proxy" / "model.bin").write_bytes(b"\0" * 10_000_001)  # under 10 MiB, over the platform's 10 MB
+    result = deploy("--app-name", APP, "--volume", VOLUME, "--project-dir", str(git_project), "--ui-wheel", str(ui_wheel))
+    assert result.exit_code == 1
+    assert "Nothing was uploaded: proxy/model.bin is 10,000,001 bytes, over the platform's limit of 10 MB (10,000,000 bytes) per file" in result.stderr
     assert standin.state.requests == []
 
 
@@ -185,7 +248,9 @@ def test_bad_names_are_refused_first(standin, args, message):
 
 
 def test_the_console_script_end_to_end(standin):
-    """The installed `mlflow-app` command, as an operator runs it (its own process, its own imports)."""
+    """The installed `mlflow-app` command, as an operator runs it (its own process, its own imports,
+    databricks-sdk's waiters at their own pace: about a second per step)."""
+    standin.state.compute_start_polls = 1
     script = os.path.join(os.path.dirname(sys.executable), "mlflow-app")
     result = subprocess.run([script, "deploy", "--app-name", APP, "--volume", VOLUME], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -73,10 +73,11 @@ def test_secrets_are_refused(tmp_path, name, content, problem):
     assert limit_problems(scan(tmp_path)) == [f"{name} {problem}"]
 
 
-def test_size_limit_is_the_platforms_10_mb(tmp_path):
-    (tmp_path / "at-limit.js").write_bytes(b"x" * MAX_FILE_BYTES)
-    (tmp_path / "over.js").write_bytes(b"x" * (MAX_FILE_BYTES + 1))
-    assert limit_problems(scan(tmp_path)) == ["over.js is 10.5 MB, over the platform's 10 MB per file"]
+def test_size_limit_is_the_platforms_10_mb_in_bytes_not_mebibytes(tmp_path):
+    """The platform states 10 MB: 10,000,000 bytes. A file between that and 10 MiB is refused too."""
+    (tmp_path / "at-limit.js").write_bytes(b"x" * 10_000_000)
+    (tmp_path / "over.js").write_bytes(b"x" * 10_000_001)
+    assert limit_problems(scan(tmp_path)) == ["over.js is 10,000,001 bytes, over the platform's limit of 10 MB (10,000,000 bytes) per file"]
 
 
 def test_every_problem_in_one_line(tmp_path):
@@ -86,7 +87,7 @@ def test_every_problem_in_one_line(tmp_path):
         check_limits(scan(tmp_path))
     message = str(raised.value)
     assert "\n" not in message and message.startswith("Nothing was uploaded: ")
-    assert ".env is a kind of file" in message and "big.bin is 10.5 MB" in message
+    assert ".env is a kind of file" in message and "big.bin is 10,000,001 bytes" in message
 
 
 def test_the_checks_pass_our_packages_and_mlflows_ui(tmp_path):
