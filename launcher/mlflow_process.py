@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from launcher.databricks.child_environment import child_app_arguments, child_artifacts_destination, workspace_environment
+from launcher.databricks.child_environment import child_app_arguments, child_artifacts_destination, child_experiment_folder, workspace_environment
 from launcher.databricks.defaults import uses_workspace
 from launcher.inside_mlflow.serve_mlflow import STORE_ENV, mlflow_server_command, parse_arguments
 from launcher.logs import CHILD_LOGGER
@@ -143,7 +143,7 @@ def mlflow_environment(settings: Settings, base: dict[str, str] | None = None, s
     env["PYTHONUNBUFFERED"] = "1"  # its lines reach our log as they happen
     env["MLFLOW_LOGGING_LEVEL"] = settings.effective_mlflow_log_level.upper()  # MLflow's loggers emit what we keep
     if uses_workspace(settings):
-        env.update(workspace_environment(env, sdk_profile, child_plugin))
+        env.update(workspace_environment(env, sdk_profile, child_plugin, child_experiment_folder(settings)))
     env.update(settings.extra_env)
     return env
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from launcher.databricks.defaults import uses_workspace
 from launcher.databricks.volumes import VOLUME_NAME
-from launcher.settings import Settings
+from launcher.inside_mlflow.workspace_plugin.experiments import EXPERIMENT_FOLDER_ENV
+from launcher.settings import Settings, uri_scheme
 
 # MLflow's client calls to the workspace, from inside the child. With MLflow's and databricks-sdk's
 # defaults, one call to a failing workspace held an MLflow worker thread for minutes, measured
@@ -102,13 +103,26 @@ def write_child_plugin(directory: Path) -> Path:
     return info.parent
 
 
-def workspace_environment(env: Mapping[str, str], sdk_profile: Path | None, child_plugin: Path | None = None) -> dict[str, str]:
+def uses_workspace_tracking(settings: Settings) -> bool:
+    """Whether MLflow's tracking store (not only its registry) is a workspace's: experiments are then workspace paths."""
+    uri = settings.backend_store_uri
+    return bool(uri) and uri_scheme(uri) == "databricks"
+
+
+def child_experiment_folder(settings: Settings) -> str | None:
+    """The folder for experiments named without one (--experiment-folder), when the tracking store is a workspace's."""
+    return settings.experiment_folder if uses_workspace_tracking(settings) else None
+
+
+def workspace_environment(env: Mapping[str, str], sdk_profile: Path | None, child_plugin: Path | None = None, experiment_folder: str | None = None) -> dict[str, str]:
     """What to add to the child's environment `env` for a workspace store.
 
     The credentials (DATABRICKS_HOST, DATABRICKS_CLIENT_ID, DATABRICKS_CLIENT_SECRET or
     DATABRICKS_TOKEN) are already in `env`, passed through as the platform set them.
     """
     extra = {name: value for name, value in CHILD_HTTP_ENV.items() if not env.get(name)}
+    # Always set, so that a value this process inherited does not reach the plugin unchecked.
+    extra[EXPERIMENT_FOLDER_ENV] = experiment_folder or ""
     if child_plugin:
         # The plugin's declaration, and our packages (launcher.inside_mlflow) wherever the child's cwd is.
         paths = [str(child_plugin), str(PROJECT_ROOT), env.get("PYTHONPATH", "")]
