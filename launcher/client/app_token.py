@@ -1,10 +1,16 @@
 """A Databricks OAuth token for calls to a deployed app, and the rule for which URLs may get one.
 
 Databricks Apps lets a caller outside the browser in with `Authorization: Bearer <Databricks OAuth
-token>`. The token comes from databricks-sdk's unified auth (DATABRICKS_HOST with a client ID and
-secret or a token, a ~/.databrickscfg profile, `databricks auth login`), and it is a credential for
-the whole workspace: it goes only to Databricks Apps hosts (https://*.databricksapps.com) and to the
-URL prefixes the user lists in MLFLOW_APP_DATABRICKS_TOKEN_URLS, never anywhere else.
+token>`, and refuses personal access tokens and Entra ID tokens (doc). The token comes from
+databricks-sdk's unified auth (a service principal's client ID and secret, a ~/.databrickscfg
+profile, `databricks auth login`) through `Config.oauth_token()`; credentials that give another kind
+of token are an error saying what to use (launcher/client/auth_types.py), not a silent 401.
+
+The token is a credential for the whole workspace. It goes only to the apps of the workspace the
+credentials are for (an app's host name carries its workspace id:
+https://<app>-<workspace id>.<region>.databricksapps.com, doc), and to the URL prefixes the user
+lists in MLFLOW_APP_DATABRICKS_TOKEN_URLS (an explicit choice, e.g. a custom domain); never
+anywhere else. For an app of another workspace no token is even fetched.
 
 Used by the mlflow client's request-header plugin (launcher/client/request_header_provider.py) and by
 `mlflow-app call`. Every mlflow client process with our package installed imports this module: it
@@ -14,33 +20,43 @@ imports only the standard library at the top, and databricks-sdk (seconds to imp
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from launcher.client.auth_types import NO_OAUTH_TOKEN_MARKER, not_accepted, refusal
 from launcher.client.deadline import DeadlinePassed, call_with_deadline
 from launcher.client.sdk_errors import sdk_reason
 
 TOKEN_URLS_ENV = "MLFLOW_APP_DATABRICKS_TOKEN_URLS"
-# Databricks Apps URLs: <app>-<workspace id>.aws.databricksapps.com, <app>-<id>.<n>.azure.databricksapps.com,
-# <app>-<id>.gcp.databricksapps.com (seen in published app URLs; the docs show only the domain).
+# Databricks Apps URLs: https://<app>-<workspace id>.<region>.databricksapps.com (doc), e.g.
+# <app>-<id>.aws.databricksapps.com, <app>-<id>.<n>.azure.databricksapps.com (seen in published URLs).
 APPS_DOMAIN = "databricksapps.com"
+# Workspace hosts that carry the workspace id, for credentials whose Config does not say it
+# (no DATABRICKS_WORKSPACE_ID, no host metadata): Azure's adb-<id>.<n>.azuredatabricks.net and
+# GCP's <id>.<n>.gcp.databricks.com. AWS hosts (dbc-….cloud.databricks.com) do not.
+WORKSPACE_HOST_IDS = (re.compile(r"adb-(\d+)\.\d+\.azuredatabricks\.net"), re.compile(r"(\d+)\.\d+\.gcp\.databricks\.com"))
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # databricks-sdk's sign-in has no timeout of its own on the token request: each fetch gets a deadline.
 SIGN_IN_TIMEOUT_SECONDS = 30.0
 # After a failed sign-in, calls within this many seconds get the same error without trying again.
 FAILURE_MEMORY_SECONDS = 60.0
 NO_CREDENTIALS_HINT = (
-    "set DATABRICKS_HOST with DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (a service principal) or "
-    "DATABRICKS_TOKEN, or name a ~/.databrickscfg profile with DATABRICKS_CONFIG_PROFILE (e.g. after "
+    "set DATABRICKS_HOST with DATABRICKS_CLIENT_ID and DATABRICKS_CLIENT_SECRET (a service principal), "
+    "or name a ~/.databrickscfg profile with DATABRICKS_CONFIG_PROFILE (e.g. after "
     "`databricks auth login --host <workspace-url> --profile <name>`)"
 )
 
 
 class AppTokenError(Exception):
     """No token could be had; the message is one line that says what to set."""
+
+
+class OtherWorkspace(AppTokenError):
+    """The app belongs to another workspace than the credentials: no token was fetched for it."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,13 @@ class UrlPrefix:
 
 
 @dataclass(frozen=True)
+class Destination:
+    """A URL the token may go to, and the workspace its app belongs to (None: a prefix the user listed)."""
+
+    workspace_id: str | None
+
+
+@dataclass(frozen=True)
 class TokenTargets:
     """Which URLs a Databricks token may be sent to: https Databricks Apps hosts, plus configured prefixes."""
 
@@ -83,15 +106,18 @@ class TokenTargets:
                 raise AppTokenError(f"{TOKEN_URLS_ENV}: {exc}; list http(s) URL prefixes separated by commas.") from None
         return cls(tuple(prefixes))
 
-    def allows(self, url: str) -> bool:
-        """Whether `url` may carry the token. Plain http only when the user listed it."""
+    def destination(self, url: str) -> Destination | None:
+        """Whether `url` may carry the token, and for which workspace's credentials; None: never.
+        A listed prefix is the user's choice (any workspace); plain http only when listed."""
         try:
             target = UrlPrefix.parse(url)
         except ValueError:
-            return False
-        if target.scheme == "https" and is_apps_host(target.host):
-            return True
-        return any(prefix.covers(target) for prefix in self.prefixes)
+            return None
+        if any(prefix.covers(target) for prefix in self.prefixes):
+            return Destination(None)
+        if target.scheme == "https" and (workspace_id := apps_workspace_id(target.host)):
+            return Destination(workspace_id)
+        return None
 
 
 def origin(url: str) -> str:
@@ -100,9 +126,26 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
-def is_apps_host(host: str) -> bool:
+def apps_workspace_id(host: str) -> str | None:
+    """The workspace id in a Databricks Apps host name (<app>-<workspace id>.<region>.databricksapps.com),
+    or None for any other host, or an Apps host that names none."""
     host = host.lower().rstrip(".")
-    return host.endswith("." + APPS_DOMAIN)
+    if not host.endswith("." + APPS_DOMAIN):
+        return None
+    _, dash, workspace_id = host.split(".", 1)[0].rpartition("-")
+    return workspace_id if dash and workspace_id.isdigit() else None
+
+
+def config_workspace_id(config) -> str | None:
+    """The workspace a databricks-sdk Config signs in to: its `workspace_id` (DATABRICKS_WORKSPACE_ID,
+    the profile, or the host's metadata, read when the Config was built), else the id in its host name."""
+    if config.workspace_id:
+        return str(config.workspace_id)
+    host = (urlsplit(config.host or "").hostname or "").lower()
+    for pattern in WORKSPACE_HOST_IDS:
+        if found := pattern.fullmatch(host):
+            return found.group(1)
+    return None
 
 
 class DatabricksToken:
@@ -120,33 +163,60 @@ class DatabricksToken:
         self._state_lock = threading.Lock()  # never held across network calls
         self._failure: tuple[float, AppTokenError] | None = None
 
-    def headers(self) -> dict[str, str]:
-        """{"Authorization": "Bearer …"}; raises AppTokenError (one line, no secret) when there is none."""
+    def headers(self, workspace_id: str | None = None) -> dict[str, str]:
+        """{"Authorization": "Bearer <Databricks OAuth token>"}, for an app of `workspace_id` (None: any,
+        the user listed its URL). Raises OtherWorkspace when the credentials are another workspace's,
+        and AppTokenError (one line, no secret) when there is no token."""
         with self._state_lock:
             if self._failure and time.monotonic() - self._failure[0] < FAILURE_MEMORY_SECONDS:
                 raise self._failure[1]
         try:
-            headers = with_deadline(self._authenticate, self.timeout, self._describe())
+            authorization = with_deadline(lambda: self._sign_in(workspace_id), self.timeout, self._describe())
+        except OtherWorkspace:
+            raise  # no failure: the credentials are fine for their own workspace's apps
         except AppTokenError as exc:
             with self._state_lock:
                 self._failure = (time.monotonic(), exc)
             raise
         with self._state_lock:
             self._failure = None
-        return {"Authorization": headers["Authorization"]}
+        return {"Authorization": authorization}
 
-    def _authenticate(self) -> dict[str, str]:
+    def _sign_in(self, workspace_id: str | None) -> str:
         with self._config_lock:
             if self._config is None:
                 self._config = self._new_config()
             config = self._config
+        if reason := refusal(config.auth_type, config.host, config.azure_client_id):
+            raise AppTokenError(reason)
+        if workspace_id is not None:
+            self._check_workspace(config, workspace_id)
         try:
-            headers = config.authenticate()
-        except Exception as exc:  # the SDK raises ValueError, requests' errors, or its own
+            if config.auth_type == "external-browser":
+                # A Databricks OAuth token, which databricks-sdk 0.156 does not expose through oauth_token().
+                authorization = config.authenticate().get("Authorization", "")
+            else:
+                authorization = f"Bearer {config.oauth_token().access_token}"
+        except ValueError as exc:
+            if NO_OAUTH_TOKEN_MARKER in str(exc):
+                raise AppTokenError(not_accepted(config.auth_type, config.host, "no OAuth token")) from None
             raise AppTokenError(f"Databricks sign-in failed for {self._describe()}: {sdk_reason(exc)}") from None
-        if not headers.get("Authorization"):
-            raise AppTokenError(f"Databricks sign-in for {self._describe()} gave no Authorization header; {NO_CREDENTIALS_HINT}.")
-        return headers
+        except Exception as exc:  # requests' errors, or the SDK's own
+            raise AppTokenError(f"Databricks sign-in failed for {self._describe()}: {sdk_reason(exc)}") from None
+        if not authorization.removeprefix("Bearer").strip():
+            raise AppTokenError(f"Databricks sign-in for {self._describe()} gave no token; {NO_CREDENTIALS_HINT}.")
+        return authorization
+
+    def _check_workspace(self, config, app_workspace_id: str) -> None:
+        """Before any token is fetched: the app must belong to the credentials' workspace."""
+        own = config_workspace_id(config)
+        if own is None:
+            raise AppTokenError(
+                f"cannot tell which workspace the Databricks credentials ({self._describe()}) are for, so no token goes to an app: "
+                f"set DATABRICKS_WORKSPACE_ID (the number in the app's URL), or list the app's URL in {TOKEN_URLS_ENV}."
+            )
+        if own != app_workspace_id:
+            raise OtherWorkspace(f"the app belongs to workspace {app_workspace_id}, and the Databricks credentials ({self._describe()}) to workspace {own}")
 
     def _new_config(self):
         from databricks.sdk.core import Config  # seconds to import: only when a token is needed

@@ -1,8 +1,9 @@
 """`mlflow-app call`: one authenticated request to a deployed app, as people do with curl.
 
 The Databricks token (launcher/client/app_token.py) goes only where the mlflow client plugin would send it:
-https://*.databricksapps.com and the prefixes in MLFLOW_APP_DATABRICKS_TOKEN_URLS. Other URLs are
-called without it, and stderr says so. The token is never printed.
+the apps of the workspace the credentials are for (https://<app>-<workspace id>.<region>.databricksapps.com)
+and the prefixes in MLFLOW_APP_DATABRICKS_TOKEN_URLS. Other URLs are called without it, and stderr
+says so. The token is never printed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from launcher.client.app_token import TOKEN_URLS_ENV, AppTokenError, DatabricksToken, TokenTargets, origin
+from launcher.client.app_token import TOKEN_URLS_ENV, AppTokenError, DatabricksToken, OtherWorkspace, TokenTargets, origin
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # Methods whose JSON goes in the query string, as the mlflow client sends its GET calls.
@@ -115,11 +116,14 @@ def authorize(call: Call, token: DatabricksToken, targets: TokenTargets) -> tupl
     """The call with the Databricks token added where it may go; and a note for stderr when it is not."""
     if any(name.lower() == "authorization" for name in call.headers):
         return call, None
-    if not targets.allows(call.url):
-        note = f"no Databricks token sent: {origin(call.url)} is not a Databricks Apps URL (https://*.databricksapps.com) and not under {TOKEN_URLS_ENV}."
+    destination = targets.destination(call.url)
+    if destination is None:
+        note = f"no Databricks token sent: {origin(call.url)} is not a Databricks Apps URL (https://<app>-<workspace id>.<region>.databricksapps.com) and not under {TOKEN_URLS_ENV}."
         return call, note
     try:
-        headers = token.headers()
+        headers = token.headers(destination.workspace_id)
+    except OtherWorkspace as exc:
+        return call, f"no Databricks token sent to {origin(call.url)}: {exc}; list its URL in {TOKEN_URLS_ENV} to send one anyway."
     except AppTokenError as exc:
         raise CallError(str(exc)) from None
     return Call(call.url, call.method, call.body, {**call.headers, **headers}), None

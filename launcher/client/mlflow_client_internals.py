@@ -16,8 +16,8 @@ sees the request, but MLflow uses one only when the user sets `MLFLOW_TRACKING_A
 a new setting for every user, so it is not used.
 
 This runs inside users' clients: on an MLflow release other than `TESTED_MLFLOW` it warns once (one
-log line) and does nothing, `calling_http_request()` finds no request, and the provider works
-from public information alone (the tracking URI). tests/launcher/client/test_mlflow_client_internals.py
+log line) and does nothing, `calling_http_request()` finds no request, and the provider adds no
+token (the tracking URI alone cannot say where a call goes). tests/launcher/client/test_mlflow_client_internals.py
 holds MLflow to all of the above.
 """
 
@@ -60,7 +60,7 @@ def installed_mlflow() -> str | None:
 
 def untested_mlflow(installed: str | None) -> str | None:
     """The one-line warning for `installed` (an MLflow version); None for a tested release."""
-    return untested_message(installed, "mlflow client plugin", then="Until then it adds a Databricks token only by the tracking URI.")
+    return untested_message(installed, "mlflow client plugin", then="Until then it adds no Databricks token.")
 
 
 UNTESTED = untested_mlflow(installed_mlflow())  # checked once, on import

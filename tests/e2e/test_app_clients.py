@@ -1,6 +1,7 @@
 """Reaching a deployed app from outside the browser, end to end: the real mlflow client (with our
 request-header plugin) and `mlflow-app call`, through a stand-in of the Databricks Apps edge that
-lets in only tokens the stand-in workspace issued, to the real app.
+lets in only OAuth tokens the stand-in workspace issued (not its personal access tokens), to the
+real app.
 
     client process ──Bearer──▶ apps edge (tests/standin/apps_edge.py) ──▶ shared mlflow-app
           └── OAuth M2M ──▶ stand-in workspace (tests/standin/workspace.py), issues the tokens
@@ -19,6 +20,7 @@ import textwrap
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.app_process import APP_COMMAND, QUIET_ENV, free_port
@@ -27,6 +29,7 @@ from tests.standin.workspace import StandinWorkspace
 
 pytestmark = pytest.mark.e2e
 MLFLOW_APP = APP_COMMAND[0]
+PAT = "dapi0123456789abcdef0123456789abcdef"  # a personal access token the stand-in workspace accepts
 
 CLIENT_SCRIPT = textwrap.dedent(
     """
@@ -62,7 +65,7 @@ CLIENT_SCRIPT = textwrap.dedent(
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Token endpoint only: the app's own store is the shared app's SQLite."""
-    running = StandinWorkspace(tmp_path_factory.mktemp("apps-workspace"), with_mlflow=False).start()
+    running = StandinWorkspace(tmp_path_factory.mktemp("apps-workspace"), with_mlflow=False, pat=PAT).start()
     try:
         yield running
     finally:
@@ -101,7 +104,12 @@ def run_client(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProce
 def assert_no_token_in(text: str, workspace: StandinWorkspace) -> None:
     for token in workspace.issued_tokens:
         assert token not in text
-    assert workspace.client_secret not in text
+    assert workspace.client_secret not in text and PAT not in text
+
+
+def pat_env(workspace: StandinWorkspace) -> dict[str, str]:
+    """A user's personal access token: good for the workspace's APIs, refused by the Apps edge."""
+    return {"DATABRICKS_HOST": workspace.url, "DATABRICKS_TOKEN": PAT}
 
 
 # --- the mlflow client --------------------------------------------------------------------------
@@ -150,6 +158,34 @@ def test_a_url_that_is_neither_an_apps_host_nor_listed_gets_no_token(workspace, 
     assert done.returncode == 3
     assert {c.credential for c in edge.requests[edge_seen:]} == {"none"}
     assert sum(r.path == "/oidc/v1/token" for r in workspace.requests) == token_requests  # not even signed in
+
+
+def test_a_personal_access_token_is_a_clear_error_and_never_leaves_the_client(workspace, edge, home, tmp_path):
+    """databricks-sdk's authenticate() would send the PAT and the edge answer a bare 401."""
+    edge_seen = len(edge.requests)
+    env = client_env(home, **pat_env(workspace), MLFLOW_TRACKING_URI=edge.url, MLFLOW_APP_DATABRICKS_TOKEN_URLS=edge.url)
+
+    done = run_client(tmp_path, env)
+
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert f"mlflow-app: no Databricks token for {edge.url}: the app accepts Databricks OAuth tokens only" in done.stderr
+    assert "give a personal access token" in done.stderr and f"databricks auth login --host {workspace.url}" in done.stderr
+    assert {c.credential for c in edge.requests[edge_seen:]} == {"none"}  # not "pat": it was never sent
+    assert_no_token_in(done.stdout + done.stderr, workspace)
+
+
+def test_the_app_sees_the_platforms_user_behind_the_edge(workspace, edge, app):
+    token = httpx.post(f"{workspace.url}/oidc/v1/token", data={"grant_type": "client_credentials"}, auth=(workspace.client_id, workspace.client_secret), trust_env=False).json()[
+        "access_token"
+    ]
+
+    answer = httpx.get(f"{edge.url}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, headers={"Authorization": f"Bearer {token}"}, trust_env=False)
+
+    assert answer.status_code == 200
+    request_id = answer.headers["x-request-id"]  # the edge's UUID, kept by the app (the edge is a trusted proxy)
+    app.wait_until(lambda: f"id={request_id}" in app.log_text(), 10, "the request log line")
+    [line] = [line for line in app.log_text().splitlines() if f"id={request_id}" in line]
+    assert line.endswith(f"user={edge.user.email}") and token not in line
 
 
 # --- mlflow-app call ----------------------------------------------------------------------------
@@ -211,6 +247,19 @@ def test_call_to_an_unreachable_app_is_one_line(workspace, home):
 
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        f"mlflow-app call: no Databricks token sent: {closed} is not a Databricks Apps URL (https://*.databricksapps.com) and not under MLFLOW_APP_DATABRICKS_TOKEN_URLS.",
+        f"mlflow-app call: no Databricks token sent: {closed} is not a Databricks Apps URL "
+        "(https://<app>-<workspace id>.<region>.databricksapps.com) and not under MLFLOW_APP_DATABRICKS_TOKEN_URLS.",
         f"Error: cannot reach {closed} ([Errno 111] Connection refused).",
     ]
+
+
+def test_call_with_a_personal_access_token_is_one_line_and_sends_nothing(workspace, edge, home):
+    seen = len(edge.requests)
+    env = client_env(home, **pat_env(workspace), MLFLOW_APP_DATABRICKS_TOKEN_URLS=edge.url)
+
+    done = run([MLFLOW_APP, "call", f"{edge.url}/api/2.0/mlflow/experiments/search", "POST", "{}"], env)
+
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("Error: the app accepts Databricks OAuth tokens only, and these Databricks credentials give a personal access token")
+    assert PAT not in done.stderr and len(edge.requests) == seen

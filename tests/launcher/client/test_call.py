@@ -10,13 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 from launcher.cli import main
-from launcher.client.app_token import TOKEN_URLS_ENV, AppTokenError, TokenTargets
+from launcher.client.app_token import TOKEN_URLS_ENV, AppTokenError, OtherWorkspace, TokenTargets
 from launcher.client.call import Answer, Call, CallError, authorize, build_call
 from tests.launcher.client.fake_token import FAKE_TOKEN, FakeToken
 from tests.launcher.client.recording_server import RecordingServer
-from tests.standin.workspace import StandinWorkspace
+from tests.standin.workspace import WORKSPACE_ID, StandinWorkspace
 
-APP = "https://mlflow-1234567890123456.aws.databricksapps.com"
+APP = f"https://mlflow-{WORKSPACE_ID}.aws.databricksapps.com"
 
 
 # --- arguments ----------------------------------------------------------------------------------
@@ -82,17 +82,31 @@ def test_headers_are_name_colon_value():
 # --- where the token goes -----------------------------------------------------------------------
 
 
-def test_the_token_goes_to_an_apps_url():
+def test_the_token_goes_to_an_apps_url_pinned_to_its_workspace():
     token = FakeToken()
     call, note = authorize(build_call(f"{APP}/api/x", None, None, None), token, TokenTargets())
     assert call.headers == {"Authorization": f"Bearer {FAKE_TOKEN}"} and note is None
+    assert token.workspace_ids == [WORKSPACE_ID]
+
+
+def test_an_app_of_another_workspace_is_called_without_the_token_and_a_note():
+    token = FakeToken(OtherWorkspace("the app belongs to workspace 99, and the Databricks credentials (https://dbc-1.cloud.databricks.com) to workspace 1"))
+    call, note = authorize(build_call("https://mlflow-99.aws.databricksapps.com/api/x", None, None, None), token, TokenTargets())
+    assert "Authorization" not in call.headers
+    assert note == (
+        "no Databricks token sent to https://mlflow-99.aws.databricksapps.com: the app belongs to workspace 99, and the Databricks "
+        f"credentials (https://dbc-1.cloud.databricks.com) to workspace 1; list its URL in {TOKEN_URLS_ENV} to send one anyway."
+    )
 
 
 def test_other_urls_get_no_token_and_a_note():
     token = FakeToken()
     call, note = authorize(build_call("https://dbc-1.cloud.databricks.com/api/x?q=secret", None, None, None), token, TokenTargets())
     assert "Authorization" not in call.headers and token.calls == 0
-    assert note == (f"no Databricks token sent: https://dbc-1.cloud.databricks.com is not a Databricks Apps URL (https://*.databricksapps.com) and not under {TOKEN_URLS_ENV}.")
+    assert note == (
+        "no Databricks token sent: https://dbc-1.cloud.databricks.com is not a Databricks Apps URL "
+        f"(https://<app>-<workspace id>.<region>.databricksapps.com) and not under {TOKEN_URLS_ENV}."
+    )
 
 
 def test_an_authorization_header_of_the_users_wins():
@@ -202,3 +216,16 @@ def test_a_profile_chooses_the_credentials(workspace, env, tmp_path):
         result = invoke(f"{app.url}/api/x", "--profile", "standin")
     assert result.exit_code == 0, result.stderr
     assert app.requests[0].headers["authorization"].removeprefix("Bearer ") in workspace.issued_tokens
+
+
+def test_a_personal_access_token_is_one_line_saying_what_to_use_and_nothing_is_sent(workspace, env):
+    for name in ("DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET"):
+        env.delenv(name)
+    env.setenv("DATABRICKS_TOKEN", "dapi0123456789abcdef0123456789abcdef")
+    with RecordingServer() as app:
+        env.setenv(TOKEN_URLS_ENV, app.url)
+        result = invoke(f"{app.url}/api/x")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: the app accepts Databricks OAuth tokens only, and these Databricks credentials give a personal access token")
+    assert len(result.stderr.splitlines()) == 1 and "dapi0123" not in result.stderr
+    assert app.requests == []

@@ -99,7 +99,7 @@ def test_another_mlflow_release_warns_once_and_the_frame_walk_is_off(monkeypatch
     [record] = [r for r in caplog.records if r.name == "mlflow_app.client"]
     assert record.getMessage() == (
         "mlflow-app's mlflow client plugin was tested with MLflow 3.17; installed: 3.99.0. "
-        "Install mlflow==3.17.* or an mlflow-app release made for 3.99.0. Until then it adds a Databricks token only by the tracking URI."
+        "Install mlflow==3.17.* or an mlflow-app release made for 3.99.0. Until then it adds no Databricks token."
     )
     assert internals.UNTESTED is None
 

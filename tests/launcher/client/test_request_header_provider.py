@@ -12,14 +12,30 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from launcher.client.app_token import TOKEN_URLS_ENV, AppTokenError, DatabricksToken, TokenTargets, origin
+from launcher.client.app_token import (
+    TOKEN_URLS_ENV,
+    AppTokenError,
+    DatabricksToken,
+    Destination,
+    OtherWorkspace,
+    TokenTargets,
+    apps_workspace_id,
+    config_workspace_id,
+    origin,
+)
+from launcher.client.auth_types import refusal
+from launcher.client.mlflow_client_internals import OutgoingRequest
 from launcher.client.request_header_provider import DatabricksAppTokenProvider
 from tests.launcher.client.fake_token import FAKE_TOKEN, FakeToken
 from tests.launcher.client.recording_server import RecordingServer
-from tests.standin.workspace import StandinWorkspace
+from tests.standin.workspace import WORKSPACE_ID, StandinWorkspace
+
+OTHER_WORKSPACE_APP = "https://mlflow-9999999999999999.aws.databricksapps.com"
+OWN_WORKSPACE_APP = f"https://mlflow-{WORKSPACE_ID}.aws.databricksapps.com"
 
 
 @pytest.fixture
@@ -63,16 +79,16 @@ def mlflow_call(url: str, **kwargs):
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("url", "workspace_id"),
     [
-        "https://mlflow-1234567890123456.aws.databricksapps.com/api/2.0/mlflow/runs/get",
-        "https://mlflow-1234567890123456.9.azure.databricksapps.com/",
-        "https://mlflow-1234567890123456.gcp.databricksapps.com",
-        "HTTPS://MLflow-1.AWS.DatabricksApps.com:443/api",
+        ("https://mlflow-1234567890123456.aws.databricksapps.com/api/2.0/mlflow/runs/get", "1234567890123456"),
+        ("https://mlflow-1234567890123456.9.azure.databricksapps.com/", "1234567890123456"),
+        ("https://my-team-mlflow-7474650000000001.gcp.databricksapps.com", "7474650000000001"),  # app names have dashes
+        ("HTTPS://MLflow-42.AWS.DatabricksApps.com:443/api", "42"),
     ],
 )
-def test_databricks_apps_urls_get_the_token(url):
-    assert TokenTargets().allows(url)
+def test_databricks_apps_urls_get_the_token_of_the_workspace_their_host_names(url, workspace_id):
+    assert TokenTargets().destination(url) == Destination(workspace_id)
 
 
 @pytest.mark.parametrize(
@@ -83,6 +99,8 @@ def test_databricks_apps_urls_get_the_token(url):
         "https://mlflow.databricksapps.com.example.com/api",
         "https://evildatabricksapps.com/api",
         "https://dbc-1234.cloud.databricks.com/api/2.0/mlflow/runs/get",  # the workspace itself
+        "https://mlflow.aws.databricksapps.com/api",  # no workspace id to pin the token to
+        "https://mlflow-abc.aws.databricksapps.com/api",
         "https://adb-1234.5.azuredatabricks.net/api",
         "http://127.0.0.1:5000/api",
         "databricks",
@@ -91,19 +109,55 @@ def test_databricks_apps_urls_get_the_token(url):
     ],
 )
 def test_other_urls_do_not(url):
-    assert not TokenTargets().allows(url)
+    assert TokenTargets().destination(url) is None
 
 
 def test_configured_prefixes_match_scheme_host_port_and_whole_path_segments():
     targets = TokenTargets.from_environment({TOKEN_URLS_ENV: " https://mlflow.example.com/team-a/ , http://127.0.0.1:8123"})
-    assert targets.allows("https://mlflow.example.com/team-a/api/2.0/mlflow/runs/get")
-    assert targets.allows("https://MLFLOW.example.com:443/team-a")
-    assert targets.allows("http://127.0.0.1:8123/api/2.0/mlflow/experiments/search?max_results=5")
-    assert not targets.allows("https://mlflow.example.com/team-ab/api")
-    assert not targets.allows("https://mlflow.example.com/api")
-    assert not targets.allows("http://mlflow.example.com/team-a/api")
-    assert not targets.allows("http://127.0.0.1:8124/api")
-    assert not targets.allows("https://127.0.0.1:8123/api")
+    listed = Destination(None)  # the user's choice: for whatever workspace the credentials are
+    assert targets.destination("https://mlflow.example.com/team-a/api/2.0/mlflow/runs/get") == listed
+    assert targets.destination("https://MLFLOW.example.com:443/team-a") == listed
+    assert targets.destination("http://127.0.0.1:8123/api/2.0/mlflow/experiments/search?max_results=5") == listed
+    assert targets.destination("https://mlflow.example.com/team-ab/api") is None
+    assert targets.destination("https://mlflow.example.com/api") is None
+    assert targets.destination("http://mlflow.example.com/team-a/api") is None
+    assert targets.destination("http://127.0.0.1:8124/api") is None
+    assert targets.destination("https://127.0.0.1:8123/api") is None
+
+
+def test_a_listed_apps_url_is_not_pinned_to_a_workspace():
+    targets = TokenTargets.from_environment({TOKEN_URLS_ENV: OTHER_WORKSPACE_APP})
+    assert targets.destination(f"{OTHER_WORKSPACE_APP}/api/2.0/mlflow/runs/get") == Destination(None)
+
+
+@pytest.mark.parametrize(
+    ("host", "workspace_id"),
+    [
+        ("mlflow-1234567890123456.aws.databricksapps.com", "1234567890123456"),
+        ("a-b-c-5.7.azure.databricksapps.com.", "5"),
+        ("mlflow.aws.databricksapps.com", None),
+        ("mlflow-12x.aws.databricksapps.com", None),
+        ("-.aws.databricksapps.com", None),
+        ("mlflow-123.example.com", None),
+        ("mlflow-123.databricksapps.com.example.com", None),
+    ],
+)
+def test_the_workspace_id_in_an_apps_host_name(host, workspace_id):
+    assert apps_workspace_id(host) == workspace_id
+
+
+@pytest.mark.parametrize(
+    ("workspace_id", "host", "expected"),
+    [
+        ("1234567890123456", "https://dbc-a1b2.cloud.databricks.com", "1234567890123456"),  # DATABRICKS_WORKSPACE_ID or host metadata
+        (None, "https://adb-7474650000000001.1.azuredatabricks.net/", "7474650000000001"),
+        (None, "https://7474650000000002.2.gcp.databricks.com", "7474650000000002"),
+        (None, "https://dbc-a1b2.cloud.databricks.com", None),  # AWS host names carry none
+        (None, None, None),
+    ],
+)
+def test_the_workspace_the_credentials_are_for(workspace_id, host, expected):
+    assert config_workspace_id(SimpleNamespace(workspace_id=workspace_id, host=host)) == expected
 
 
 def test_a_bad_configured_entry_says_which_and_how():
@@ -168,18 +222,24 @@ def test_our_mlflow_child_never_gets_it(provider, server, clean_env):
     assert "authorization" not in server.requests[-1].headers and provider.token.calls == 0
 
 
-def test_outside_http_request_the_tracking_uri_decides(provider, server, clean_env):
+def test_outside_http_request_nothing_is_sent_even_when_the_tracking_uri_is_the_app(provider, server, clean_env):
+    """Where the target URL cannot be read, the tracking URI is no guide: the call may go anywhere."""
     import mlflow
 
     clean_env.setenv(TOKEN_URLS_ENV, server.url)
     previous = mlflow.get_tracking_uri()
     try:
         mlflow.set_tracking_uri(server.url)
-        assert provider.in_context() and provider.request_headers() == {"Authorization": f"Bearer {FAKE_TOKEN}"}
-        mlflow.set_tracking_uri("sqlite:///unused.db")
         assert not provider.in_context() and provider.request_headers() == {}
     finally:
         mlflow.set_tracking_uri(previous)
+    assert provider.token.calls == 0
+
+
+def test_an_apps_url_is_pinned_to_the_workspace_in_its_host_name(provider, clean_env):
+    request = OutgoingRequest(f"{OWN_WORKSPACE_APP}/api/2.0/mlflow/runs/get", has_credentials=False)
+    assert provider.headers_for(request, TokenTargets().destination(request.url)) == {"Authorization": f"Bearer {FAKE_TOKEN}"}
+    assert provider.token.workspace_ids == [WORKSPACE_ID]
 
 
 def test_a_failure_is_one_warning_line_and_the_request_goes_without_the_token(provider, server, clean_env, caplog):
@@ -193,6 +253,17 @@ def test_a_failure_is_one_warning_line_and_the_request_goes_without_the_token(pr
         "No Databricks credentials found to call the app: set DATABRICKS_HOST …"
     )
     assert "authorization" not in server.requests[-1].headers
+
+
+def test_an_app_of_another_workspace_gets_nothing_and_one_warning(provider, clean_env, caplog):
+    clean_env.setattr(provider, "token", FakeToken(OtherWorkspace("the app belongs to workspace 9999999999999999, and the Databricks credentials (…) to workspace 1")))
+    request = OutgoingRequest(f"{OTHER_WORKSPACE_APP}/api/2.0/mlflow/runs/get", has_credentials=False)
+    with caplog.at_level(logging.WARNING, logger="mlflow_app.client"):
+        for _ in range(3):
+            assert provider.headers_for(request, TokenTargets().destination(request.url)) == {}
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "mlflow_app.client"]
+    assert warning.startswith(f"mlflow-app: no Databricks token for {OTHER_WORKSPACE_APP}: the app belongs to workspace 9999999999999999")
+    assert warning.endswith(f"list its URL in {TOKEN_URLS_ENV} to send one anyway.")
 
 
 def test_importing_the_plugin_does_not_import_databricks_sdk():
@@ -289,3 +360,67 @@ def test_an_unknown_profile_names_it(clean_env, tmp_path: Path):
     clean_env.setenv("DATABRICKS_CONFIG_FILE", str(config))
     with pytest.raises(AppTokenError, match="profile nope"):
         DatabricksToken("nope").headers()
+
+
+# --- which workspace, and which kind of token -------------------------------------------------
+
+
+def test_no_token_is_fetched_for_an_app_of_another_workspace(workspace, clean_env):
+    for name, value in workspace.oauth_env().items():
+        clean_env.setenv(name, value)
+    token = DatabricksToken()
+
+    with pytest.raises(OtherWorkspace, match=f"the app belongs to workspace 9999999999999999, and the Databricks credentials \\({workspace.url}\\) to workspace {WORKSPACE_ID}"):
+        token.headers("9999999999999999")
+    assert "/oidc/v1/token" not in paths(workspace)
+
+    assert token.headers(WORKSPACE_ID)["Authorization"].removeprefix("Bearer ") in workspace.issued_tokens  # not remembered as a failure
+
+
+def test_the_workspace_id_comes_from_the_host_metadata_without_the_variable(workspace, clean_env):
+    for name, value in workspace.oauth_env().items():
+        if name != "DATABRICKS_WORKSPACE_ID":
+            clean_env.setenv(name, value)
+    assert DatabricksToken().headers(WORKSPACE_ID)["Authorization"].removeprefix("Bearer ") in workspace.issued_tokens
+
+
+def test_credentials_of_an_unknown_workspace_get_no_token_for_an_app(clean_env):
+    token = DatabricksToken()
+    token._config = SimpleNamespace(auth_type="oauth-m2m", host="https://dbc-a1b2.cloud.databricks.com", azure_client_id=None, workspace_id=None)
+    with pytest.raises(AppTokenError, match=f"cannot tell which workspace .* set DATABRICKS_WORKSPACE_ID .* or list the app's URL in {TOKEN_URLS_ENV}"):
+        token.headers("1234567890123456")
+
+
+def test_a_personal_access_token_is_an_error_saying_what_to_use(workspace, clean_env):
+    pat = "dapi0123456789abcdef0123456789abcdef"
+    clean_env.setenv("DATABRICKS_HOST", workspace.url)
+    clean_env.setenv("DATABRICKS_TOKEN", pat)
+
+    with pytest.raises(AppTokenError) as failed:
+        DatabricksToken().headers(WORKSPACE_ID)
+
+    message = str(failed.value)
+    assert message.startswith("the app accepts Databricks OAuth tokens only, and these Databricks credentials give a personal access token")
+    assert f"run `databricks auth login --host {workspace.url} --profile <name>`" in message
+    assert pat not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("auth_type", "azure_client_id", "gives"),
+    [
+        ("azure-cli", None, "an Entra ID token"),
+        ("azure-client-secret", None, "an Entra ID token"),  # oauth_token() would return it
+        ("github-oidc-azure", None, "an Entra ID token"),
+        ("external-browser", "11111111-2222-3333-4444-555555555555", "an Entra ID token"),
+        ("google-id", None, "a Google ID token"),
+        ("basic", None, "a user name and password"),
+    ],
+)
+def test_tokens_the_edge_refuses_are_named(auth_type, azure_client_id, gives):
+    message = refusal(auth_type, "https://adb-1.2.azuredatabricks.net", azure_client_id)
+    assert message and f"give {gives}" in message and f"(auth type {auth_type})" in message
+
+
+@pytest.mark.parametrize("auth_type", ["oauth-m2m", "databricks-cli", "external-browser", "env-oidc", "github-oidc", "runtime-oauth", "some-future-type"])
+def test_databricks_oauth_sign_ins_are_not_refused(auth_type):
+    assert refusal(auth_type, "https://dbc-1.cloud.databricks.com") is None
