@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 from databricks.sdk import WorkspaceClient
+from databricks.sdk.errors import BadRequest, OperationFailed
 from databricks.sdk.service.apps import App, AppDeployment, AppDeploymentMode, AppDeploymentState, ApplicationState, ComputeState
 from databricks.sdk.service.workspace import ImportFormat
 
@@ -54,7 +55,7 @@ def test_while_deploying_the_app_says_so(client):
 def test_a_failed_deployment_ends_the_sdks_waiter_with_the_message(client, standin):
     standin.state.deployment_endings["failing-app"] = ("FAILED", "Error installing packages.")
     _, started = deploy_folder(client, "failing-app", {"app.yaml": b"command: []\n"})
-    with pytest.raises(Exception, match="failed to reach SUCCEEDED, got AppDeploymentState.FAILED: Error installing packages."):
+    with pytest.raises(OperationFailed, match="failed to reach SUCCEEDED, got AppDeploymentState.FAILED: Error installing packages."):
         started.result(timeout=WAIT)
     assert client.apps.get("failing-app").app_status.state == ApplicationState.UNAVAILABLE
 
@@ -65,7 +66,7 @@ def test_every_state_answered_is_one_the_sdk_knows(client, standin):
         _, started = deploy_folder(client, name, {"app.yaml": b"command: []\n"})
         try:
             started.result(timeout=WAIT)
-        except Exception:
+        except OperationFailed:
             pass
     bodies = [body for _, body in standin.state.answers]
     assert bodies
@@ -95,7 +96,7 @@ def test_a_wrong_client_secret_gets_no_token(oauth_standin, monkeypatch):
 def test_a_file_over_10_mb_is_refused_on_upload(client):
     client.workspace.mkdirs(SOURCE)
     client.workspace.upload(f"{SOURCE}/at-limit.bin", io.BytesIO(b"x" * 10_000_000), format=ImportFormat.AUTO)
-    with pytest.raises(Exception, match="10 MB"):
+    with pytest.raises(BadRequest, match="10 MB"):
         client.workspace.upload(f"{SOURCE}/over.bin", io.BytesIO(b"x" * 10_000_001), format=ImportFormat.AUTO)
 
 
@@ -104,5 +105,5 @@ def test_a_deployment_of_a_folder_with_a_file_over_10_mb_fails(client, standin):
     started.result(timeout=WAIT)
     standin.state.objects[f"{SOURCE}/big.bin"] = WorkspaceObject("FILE", b"x" * 10_000_001)  # put there by other means than import
     again = client.apps.deploy("big-file-app", AppDeployment(source_code_path=SOURCE, mode=AppDeploymentMode.SNAPSHOT))
-    with pytest.raises(Exception, match="big.bin exceeds the 10 MB limit"):
+    with pytest.raises(OperationFailed, match="big.bin exceeds the 10 MB limit"):
         again.result(timeout=WAIT)
