@@ -10,7 +10,8 @@ The token is a credential for the whole workspace. It goes only to the apps of t
 credentials are for (an app's host name carries its workspace id:
 https://<app>-<workspace id>.<region>.databricksapps.com, doc), and to the URL prefixes the user
 lists in MLFLOW_APP_DATABRICKS_TOKEN_URLS (an explicit choice, e.g. a custom domain); never
-anywhere else. For an app of another workspace no token is even fetched.
+anywhere else. For an app of another workspace the token is never sent, and not even fetched
+where the Config knows its workspace id.
 
 Used by the mlflow client's request-header plugin (launcher/client/request_header_provider.py) and by
 `mlflow-app call`. Every mlflow client process with our package installed imports this module: it
@@ -20,7 +21,6 @@ imports only the standard library at the top, and databricks-sdk (seconds to imp
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from collections.abc import Mapping
@@ -35,10 +35,6 @@ TOKEN_URLS_ENV = "MLFLOW_APP_DATABRICKS_TOKEN_URLS"
 # Databricks Apps URLs: https://<app>-<workspace id>.<region>.databricksapps.com (doc), e.g.
 # <app>-<id>.aws.databricksapps.com, <app>-<id>.<n>.azure.databricksapps.com (seen in published URLs).
 APPS_DOMAIN = "databricksapps.com"
-# Workspace hosts that carry the workspace id, for credentials whose Config does not say it
-# (no DATABRICKS_WORKSPACE_ID, no host metadata): Azure's adb-<id>.<n>.azuredatabricks.net and
-# GCP's <id>.<n>.gcp.databricks.com. AWS hosts (dbc-….cloud.databricks.com) do not.
-WORKSPACE_HOST_IDS = (re.compile(r"adb-(\d+)\.\d+\.azuredatabricks\.net"), re.compile(r"(\d+)\.\d+\.gcp\.databricks\.com"))
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # databricks-sdk's sign-in has no timeout of its own on the token request: each fetch gets a deadline.
 SIGN_IN_TIMEOUT_SECONDS = 30.0
@@ -136,16 +132,16 @@ def apps_workspace_id(host: str) -> str | None:
     return workspace_id if dash and workspace_id.isdigit() else None
 
 
-def config_workspace_id(config) -> str | None:
+def config_workspace_id(config) -> str:
     """The workspace a databricks-sdk Config signs in to: its `workspace_id` (DATABRICKS_WORKSPACE_ID,
-    the profile, or the host's metadata, read when the Config was built), else the id in its host name."""
+    the profile, or the host's metadata, read when the Config was built), else what the workspace
+    says (`WorkspaceClient.get_workspace_id()`: SCIM /Me's X-Databricks-Org-Id, one call, for older
+    control planes whose metadata has no id). Raises what the SDK raises."""
     if config.workspace_id:
         return str(config.workspace_id)
-    host = (urlsplit(config.host or "").hostname or "").lower()
-    for pattern in WORKSPACE_HOST_IDS:
-        if found := pattern.fullmatch(host):
-            return found.group(1)
-    return None
+    from databricks.sdk import WorkspaceClient  # seconds to import: only when the metadata did not say
+
+    return str(WorkspaceClient(config=config).get_workspace_id())
 
 
 class DatabricksToken:
@@ -162,6 +158,7 @@ class DatabricksToken:
         self._config_lock = threading.Lock()  # held while the Config is built (network): only in sign-in threads
         self._state_lock = threading.Lock()  # never held across network calls
         self._failure: tuple[float, AppTokenError] | None = None
+        self._workspace_id: str | None = None  # the credentials' workspace, once known
 
     def headers(self, workspace_id: str | None = None) -> dict[str, str]:
         """{"Authorization": "Bearer <Databricks OAuth token>"}, for an app of `workspace_id` (None: any,
@@ -208,13 +205,15 @@ class DatabricksToken:
         return authorization
 
     def _check_workspace(self, config, app_workspace_id: str) -> None:
-        """Before any token is fetched: the app must belong to the credentials' workspace."""
-        own = config_workspace_id(config)
-        if own is None:
-            raise AppTokenError(
-                f"cannot tell which workspace the Databricks credentials ({self._describe()}) are for, so no token goes to an app: "
-                f"set DATABRICKS_WORKSPACE_ID (the number in the app's URL), or list the app's URL in {TOKEN_URLS_ENV}."
-            )
+        """Before the token is sent: the app must belong to the credentials' workspace."""
+        if self._workspace_id is None:
+            try:
+                self._workspace_id = config_workspace_id(config)
+            except (KeyError, TypeError, ValueError):  # the answer had no X-Databricks-Org-Id (the SDK's int(None))
+                self._unknown_workspace("the workspace did not say")
+            except Exception as exc:  # the SDK's errors (e.g. no permission for /Me), requests' errors
+                self._unknown_workspace(sdk_reason(exc))
+        own = self._workspace_id
         if own != app_workspace_id:
             raise OtherWorkspace(f"the app belongs to workspace {app_workspace_id}, and the Databricks credentials ({self._describe()}) to workspace {own}")
 
@@ -228,6 +227,12 @@ class DatabricksToken:
             if "cannot configure default credentials" in reason or not reason:
                 raise AppTokenError(f"No Databricks credentials found to call the app: {NO_CREDENTIALS_HINT}.") from None
             raise AppTokenError(f"Databricks credentials ({self._describe()}) cannot be used: {reason}") from None
+
+    def _unknown_workspace(self, reason: str) -> None:
+        raise AppTokenError(
+            f"cannot tell which workspace the Databricks credentials ({self._describe()}) are for ({reason}), so no token goes to an app: "
+            f"set DATABRICKS_WORKSPACE_ID (the number in the app's URL), or list the app's URL in {TOKEN_URLS_ENV}."
+        )
 
     def _describe(self) -> str:
         if self.profile:

@@ -7,14 +7,15 @@ breaks if MLflow stops calling providers from there; the token comes from the st
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+from starlette.responses import JSONResponse
 
 from launcher.client.app_token import (
     TOKEN_URLS_ENV,
@@ -24,7 +25,6 @@ from launcher.client.app_token import (
     OtherWorkspace,
     TokenTargets,
     apps_workspace_id,
-    config_workspace_id,
     origin,
 )
 from launcher.client.auth_types import refusal
@@ -144,20 +144,6 @@ def test_a_listed_apps_url_is_not_pinned_to_a_workspace():
 )
 def test_the_workspace_id_in_an_apps_host_name(host, workspace_id):
     assert apps_workspace_id(host) == workspace_id
-
-
-@pytest.mark.parametrize(
-    ("workspace_id", "host", "expected"),
-    [
-        ("1234567890123456", "https://dbc-a1b2.cloud.databricks.com", "1234567890123456"),  # DATABRICKS_WORKSPACE_ID or host metadata
-        (None, "https://adb-7474650000000001.1.azuredatabricks.net/", "7474650000000001"),
-        (None, "https://7474650000000002.2.gcp.databricks.com", "7474650000000002"),
-        (None, "https://dbc-a1b2.cloud.databricks.com", None),  # AWS host names carry none
-        (None, None, None),
-    ],
-)
-def test_the_workspace_the_credentials_are_for(workspace_id, host, expected):
-    assert config_workspace_id(SimpleNamespace(workspace_id=workspace_id, host=host)) == expected
 
 
 def test_a_bad_configured_entry_says_which_and_how():
@@ -382,13 +368,52 @@ def test_the_workspace_id_comes_from_the_host_metadata_without_the_variable(work
         if name != "DATABRICKS_WORKSPACE_ID":
             clean_env.setenv(name, value)
     assert DatabricksToken().headers(WORKSPACE_ID)["Authorization"].removeprefix("Bearer ") in workspace.issued_tokens
+    assert "/api/2.0/preview/scim/v2/Me" not in paths(workspace)  # the metadata said it
 
 
-def test_credentials_of_an_unknown_workspace_get_no_token_for_an_app(clean_env):
+class OlderControlPlane(StandinWorkspace):
+    """A workspace whose discovery metadata names no workspace id; SCIM /Me says it in a header (or not)."""
+
+    org_id_header = True
+
+    async def host_metadata(self, request):
+        answer = await super().host_metadata(request)
+        body = json.loads(answer.body)
+        del body["workspace_id"]
+        return JSONResponse(body)
+
+    async def me(self, request):
+        answer = await super().me(request)
+        if self.org_id_header and answer.status_code == 200:
+            answer.headers["X-Databricks-Org-Id"] = WORKSPACE_ID
+        return answer
+
+
+@pytest.fixture
+def older_workspace(tmp_path, clean_env):
+    with OlderControlPlane(tmp_path / "older", with_mlflow=False) as running:
+        for name, value in running.oauth_env().items():
+            if name != "DATABRICKS_WORKSPACE_ID":
+                clean_env.setenv(name, value)
+        yield running
+
+
+def test_without_the_id_in_the_metadata_the_workspace_is_asked_once(older_workspace):
     token = DatabricksToken()
-    token._config = SimpleNamespace(auth_type="oauth-m2m", host="https://dbc-a1b2.cloud.databricks.com", azure_client_id=None, workspace_id=None)
-    with pytest.raises(AppTokenError, match=f"cannot tell which workspace .* set DATABRICKS_WORKSPACE_ID .* or list the app's URL in {TOKEN_URLS_ENV}"):
-        token.headers("1234567890123456")
+    with pytest.raises(OtherWorkspace):
+        token.headers("9999999999999999")
+    assert token.headers(WORKSPACE_ID)["Authorization"].removeprefix("Bearer ") in older_workspace.issued_tokens
+    assert paths(older_workspace).count("/api/2.0/preview/scim/v2/Me") == 1
+
+
+def test_credentials_whose_workspace_cannot_be_told_get_no_token_for_an_app(older_workspace):
+    older_workspace.org_id_header = False
+    token = DatabricksToken()
+    with pytest.raises(AppTokenError, match=rf"cannot tell which workspace .* \(the workspace did not say\), .* set DATABRICKS_WORKSPACE_ID .* in {TOKEN_URLS_ENV}") as failed:
+        token.headers(WORKSPACE_ID)
+    message = str(failed.value)
+    assert "\n" not in message and older_workspace.client_secret not in message
+    assert not any(issued in message for issued in older_workspace.issued_tokens)
 
 
 def test_a_personal_access_token_is_an_error_saying_what_to_use(workspace, clean_env):
