@@ -15,6 +15,7 @@ import uvicorn
 from launcher.database_check import DatabaseCheck, postgres_store_uris, store_passwords
 from launcher.databricks.child_environment import write_child_plugin, write_sdk_profile
 from launcher.databricks.defaults import artifacts_warning, uses_workspace
+from launcher.databricks.experiment_folder import prepare_experiment_folder
 from launcher.databricks.sign_in import check_workspace
 from launcher.logs import configure_logging
 from launcher.mlflow_process import ChildAddress, MlflowProcess, child_address, mlflow_command, mlflow_environment
@@ -60,6 +61,7 @@ def run_server(settings: Settings) -> None:
     if uses_workspace(settings):
         identity = check_workspace()  # a wrong secret or an unreachable host stops us here, in one line
         log.info("workspace %s: signed in as %s (%s)", identity.host, identity.user_name, identity.auth_type)
+        prepare_experiment_folder(settings, identity.user_name)  # made if missing; a refusal is one warning, not a stop
     if warning := artifacts_warning(settings):
         log.warning(warning)
     try:

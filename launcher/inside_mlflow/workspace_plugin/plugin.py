@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 log = logging.getLogger("mlflow_app.child")
 
@@ -25,10 +26,12 @@ def create_workspace_app():
     except ImportError as exc:  # UntestedMlflow: its message says what to install
         log.error("%s", exc)
         raise SystemExit(1) from None
+    import mlflow
     from mlflow.server.fastapi_app import app
+    from mlflow.utils.uri import is_databricks_uri
 
     from launcher.inside_mlflow.workspace_plugin.artifacts import ProxiedArtifactRouter
-    from launcher.inside_mlflow.workspace_plugin.experiments import adapt_tracking_store
+    from launcher.inside_mlflow.workspace_plugin.experiments import EXPERIMENT_FOLDER_ENV, adapt_experiment_names, adapt_tracking_store
     from launcher.inside_mlflow.workspace_plugin.registry import adapt_registry_store
 
     tracking_store, registry_store = mlflow_internals.server_stores()  # also sets this process's tracking and registry URIs
@@ -38,12 +41,18 @@ def create_workspace_app():
         # `mlflow-artifacts:` URIs resolved inside this process already name the destination: the
         # `mlflow.artifact_repository` entry point the launcher declares (artifacts.proxied_repository).
         mlflow_internals.serve_artifacts_from(ProxiedArtifactRouter(destination))
+    # Workspace paths for experiment names, and no experiment 0, whether or not artifacts are served.
+    experiment_folder = os.environ.get(EXPERIMENT_FOLDER_ENV) or None
+    workspace_tracking = is_databricks_uri(mlflow.get_tracking_uri())
+    if workspace_tracking:
+        adapt_experiment_names(tracking_store, experiment_folder)
     unity_catalog = mlflow_internals.is_unity_catalog_registry_store(registry_store)
     if unity_catalog:
         adapt_registry_store(registry_store, proxied_downloads=bool(destination))
     log.info(
-        "workspace adaptations installed: artifacts %s, Unity Catalog registry %s",
+        "workspace adaptations installed: artifacts %s, Unity Catalog registry %s, experiments named without a folder %s",
         f"served from {destination}" if destination else "left to the workspace",
         "adapted" if unity_catalog else "not in use",
+        (f"go to {experiment_folder}" if experiment_folder else "refused (no --experiment-folder)") if workspace_tracking else "left to the tracking store",
     )
     return app
