@@ -8,6 +8,7 @@ import logging
 import signal
 import socket
 import tempfile
+import threading
 from pathlib import Path
 
 import uvicorn
@@ -16,6 +17,7 @@ from launcher.database_check import DatabaseCheck, postgres_store_uris, store_pa
 from launcher.databricks.child_environment import write_child_plugin, write_sdk_profile
 from launcher.databricks.defaults import artifacts_warning, uses_workspace
 from launcher.databricks.experiment_folder import prepare_experiment_folder
+from launcher.databricks.grants_check import report_grants
 from launcher.databricks.sign_in import check_workspace
 from launcher.logs import configure_logging
 from launcher.mlflow_process import ChildAddress, MlflowProcess, child_address, mlflow_command, mlflow_environment
@@ -27,6 +29,7 @@ from proxy.assets import UiAssets, UiAssetsMissing
 from proxy.edge.http_protocol import BoundedHttpToolsProtocol
 from proxy.edge.policy import EdgePolicy
 from proxy.forwarding.compression import ResponseCompression
+from proxy.startup_warnings import StartupWarnings
 from proxy.upstream import UpstreamState
 
 log = logging.getLogger("mlflow_app.launcher")
@@ -116,6 +119,7 @@ async def run_front_and_mlflow(
     child_plugin = write_child_plugin(workspace_files) if workspace_files else None
     env = mlflow_environment(settings, sdk_profile=sdk_profile, child_plugin=child_plugin)
     databases = postgres_store_uris(settings)
+    warnings = StartupWarnings()  # e.g. grants the app lacks in its workspace, shown by /health
     supervisor = Supervisor(
         lambda on_output: MlflowProcess(command, env, address.base_url, on_output, address.unix_socket),
         state,
@@ -141,6 +145,7 @@ async def run_front_and_mlflow(
         ),
         state,
         assets,
+        warnings=warnings,
     )
     server = uvicorn.Server(front_server_config(front, settings.drain_seconds, settings))
     # uvicorn re-raises the stop signal after draining; a handler of ours turns that into a
@@ -156,6 +161,8 @@ async def run_front_and_mlflow(
         host, port = front_socket.getsockname()[:2]
         log.info("mlflow-app listening on http://%s:%s (MLflow on %s)", host, port, address)
         supervision = asyncio.create_task(supervisor.run())
+        if uses_workspace(settings):  # warnings only, in the background: a missing grant does not stop the app
+            threading.Thread(target=report_grants, args=(settings, warnings.add), name="grants-check", daemon=True).start()
         await serving
     finally:
         await supervisor.stop(CHILD_STOP_GRACE_SECONDS)

@@ -34,6 +34,7 @@ from proxy.forwarding.upstream_client import UpstreamClient
 from proxy.health import health_response
 from proxy.observation.metrics import FrontMetrics
 from proxy.observation.observer import RequestObserver
+from proxy.startup_warnings import StartupWarnings
 from proxy.upstream import UpstreamState
 
 log = logging.getLogger("mlflow_app.front")
@@ -66,15 +67,16 @@ class FrontConfig:
     max_upstream_per_client: int = DEFAULT_MAX_PER_CLIENT
 
 
-def create_app(config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics | None = None) -> Front:
-    """Build the front. `state` is owned and updated by whoever supervises MLflow."""
-    return Front(config, state, assets, metrics or FrontMetrics(state))
+def create_app(config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics | None = None, warnings: StartupWarnings | None = None) -> Front:
+    """Build the front. `state` is owned and updated by whoever supervises MLflow; `warnings` by
+    whatever checks the app's surroundings after start (shown by /health)."""
+    return Front(config, state, assets, metrics or FrontMetrics(state), warnings)
 
 
 class Front:
     """The ASGI app the launcher serves."""
 
-    def __init__(self, config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics):
+    def __init__(self, config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics, warnings: StartupWarnings | None = None):
         self.upstream = UpstreamClient(state)
         self.forwarder = Forwarder(state, self.upstream, config.upstream_timeout_seconds, config.compression, config.max_upstream_per_client)
         self.proxies = TrustedProxies(config.trusted_proxies)
@@ -85,7 +87,7 @@ class Front:
         self.observer = RequestObserver(metrics)
         self.verdicts = RememberedVerdicts(config.edge_policy)
         self.token = TokenCheck(config.auth_token) if config.auth_token else None
-        self.own = own_endpoints(config, state, assets, metrics, self.upstream)
+        self.own = own_endpoints(config, state, assets, metrics, self.upstream, warnings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -143,7 +145,7 @@ class Front:
         await self.forwarder(exchange, receive, send, forward_origin=verdict is OriginVerdict.ALLOWED)
 
 
-def own_endpoints(config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics, upstream: UpstreamClient) -> Starlette:
+def own_endpoints(config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics, upstream: UpstreamClient, warnings: StartupWarnings | None = None) -> Starlette:
     """The UI, `/health` and `/metrics` as Starlette routes, with the app's lifespan."""
 
     @asynccontextmanager
@@ -168,7 +170,7 @@ def own_endpoints(config: FrontConfig, state: UpstreamState, assets: UiAssets, m
 
     async def health(request: Request) -> Response:
         # With auth on, /health stays open to probes but shows MLflow's output only with the token.
-        return health_response(state, with_output=request.scope["state"]["authenticated"], load=upstream.load())
+        return health_response(state, with_output=request.scope["state"]["authenticated"], load=upstream.load(), warnings=warnings)
 
     async def metrics_endpoint(_: Request) -> Response:
         return metrics.response()

@@ -1,15 +1,19 @@
-"""`/health`: 200 only when the front and MLflow can both serve; otherwise 503 naming what is not."""
+"""`/health`: 200 only when the front and MLflow can both serve; otherwise 503 naming what is not.
+Start-up warnings (proxy/startup_warnings.py, e.g. missing workspace grants) are listed for callers
+who may see MLflow's output, ready or not, and never change the status."""
 
 from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
 from proxy.forwarding.upstream_client import PoolLoad
+from proxy.startup_warnings import StartupWarnings
 from proxy.upstream import UpstreamPhase, UpstreamState
 
 
-def health_response(state: UpstreamState, with_output: bool = True, load: PoolLoad | None = None) -> JSONResponse:
-    """The answer for `state`; MLflow's last output and exit reason only `with_output` (not for anonymous callers).
+def health_response(state: UpstreamState, with_output: bool = True, load: PoolLoad | None = None, warnings: StartupWarnings | None = None) -> JSONResponse:
+    """The answer for `state`; MLflow's last output and exit reason, and the start-up `warnings`, only
+    `with_output` (not for anonymous callers).
 
     With every connection to MLflow in use and requests waiting for one, the front cannot serve
     in time: 503, so that a load balancer sends new requests elsewhere until it drains."""
@@ -23,7 +27,7 @@ def health_response(state: UpstreamState, with_output: bool = True, load: PoolLo
         if with_output:  # it may name the database's host and user
             mlflow["last_exit_reason"] = state.last_exit_reason
     if state.ready and not (load is not None and load.saturated):
-        return JSONResponse(with_connections({"status": "ok", "front": "ready", "mlflow": mlflow}, load))
+        return JSONResponse(with_warnings(with_connections({"status": "ok", "front": "ready", "mlflow": mlflow}, load), warnings, with_output))
     front = "ready"
     if state.ready:  # but saturated
         front = "saturated"
@@ -31,7 +35,7 @@ def health_response(state: UpstreamState, with_output: bool = True, load: PoolLo
     else:
         reason = unavailable_reason(state, mlflow, with_output)
     body = {"status": "unavailable", "reason": reason, "front": front, "mlflow": mlflow}
-    return JSONResponse(with_connections(body, load), status_code=503, headers={"Cache-Control": "no-store"})
+    return JSONResponse(with_warnings(with_connections(body, load), warnings, with_output), status_code=503, headers={"Cache-Control": "no-store"})
 
 
 def unavailable_reason(state: UpstreamState, mlflow: dict, with_output: bool) -> str:
@@ -51,4 +55,10 @@ def unavailable_reason(state: UpstreamState, mlflow: dict, with_output: bool) ->
 def with_connections(body: dict, load: PoolLoad | None) -> dict:
     if load is not None:
         body["connections"] = {"in_use": load.in_use, "limit": load.limit, "waiting": load.waiting}
+    return body
+
+
+def with_warnings(body: dict, warnings: StartupWarnings | None, with_output: bool) -> dict:
+    if warnings and with_output:  # they name the workspace's catalogs and volumes
+        body["warnings"] = list(warnings)
     return body

@@ -138,3 +138,19 @@ async def test_health_reports_a_full_pool_over_http(start_front, fake_mlflow):
         waiting.cancel()
     assert health.status_code == 503
     assert health.json()["connections"]["waiting"] == 1
+
+
+def test_start_up_warnings_are_listed_without_changing_the_status():
+    from proxy.startup_warnings import StartupWarnings
+
+    warnings = StartupWarnings()
+    assert "warnings" not in body_of(health_response(state_in(UpstreamPhase.READY), warnings=warnings))
+    assert warnings.add("missing grant: WRITE VOLUME on main.default.mlflow (artifact uploads will be refused)")
+    assert not warnings.add("missing grant: WRITE VOLUME on main.default.mlflow (artifact uploads will be refused)")  # once
+    ready = health_response(state_in(UpstreamPhase.READY), warnings=warnings)
+    assert ready.status_code == 200
+    assert body_of(ready)["warnings"] == ["missing grant: WRITE VOLUME on main.default.mlflow (artifact uploads will be refused)"]
+    starting = health_response(state_in(UpstreamPhase.STARTING), warnings=warnings)
+    assert starting.status_code == 503 and body_of(starting)["warnings"] == list(warnings)
+    # Like MLflow's output, they are for callers who may see it (they name the workspace's objects).
+    assert "warnings" not in body_of(health_response(state_in(UpstreamPhase.READY), with_output=False, warnings=warnings))

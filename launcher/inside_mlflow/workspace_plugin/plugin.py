@@ -27,11 +27,13 @@ def create_workspace_app():
         log.error("%s", exc)
         raise SystemExit(1) from None
     import mlflow
+    from mlflow.server import app as mlflow_flask_app
     from mlflow.server.fastapi_app import app
     from mlflow.utils.uri import is_databricks_uri
 
     from launcher.inside_mlflow.workspace_plugin.artifacts import ProxiedArtifactRouter
     from launcher.inside_mlflow.workspace_plugin.experiments import EXPERIMENT_FOLDER_ENV, adapt_experiment_names, adapt_tracking_store
+    from launcher.inside_mlflow.workspace_plugin.permissions import GrantNamingRepository, install_refusal_handler, name_refusals_of
     from launcher.inside_mlflow.workspace_plugin.registry import adapt_registry_store
 
     tracking_store, registry_store = mlflow_internals.server_stores()  # also sets this process's tracking and registry URIs
@@ -40,7 +42,9 @@ def create_workspace_app():
         adapt_tracking_store(tracking_store)
         # `mlflow-artifacts:` URIs resolved inside this process already name the destination: the
         # `mlflow.artifact_repository` entry point the launcher declares (artifacts.proxied_repository).
-        mlflow_internals.serve_artifacts_from(ProxiedArtifactRouter(destination))
+        # A grant the app lacks answers 403 naming it, not 500 (permissions.py).
+        mlflow_internals.serve_artifacts_from(GrantNamingRepository(ProxiedArtifactRouter(destination), destination))
+    install_refusal_handler(mlflow_flask_app)
     # Workspace paths for experiment names, and no experiment 0, whether or not artifacts are served.
     experiment_folder = os.environ.get(EXPERIMENT_FOLDER_ENV) or None
     workspace_tracking = is_databricks_uri(mlflow.get_tracking_uri())
@@ -49,6 +53,9 @@ def create_workspace_app():
     unity_catalog = mlflow_internals.is_unity_catalog_registry_store(registry_store)
     if unity_catalog:
         adapt_registry_store(registry_store, proxied_downloads=bool(destination))
+    # Last, over the other adaptations: a workspace 403 names the missing grant (permissions.py).
+    for store in {id(tracking_store): tracking_store, id(registry_store): registry_store}.values():
+        name_refusals_of(store)
     log.info(
         "workspace adaptations installed: artifacts %s, Unity Catalog registry %s, experiments named without a folder %s",
         f"served from {destination}" if destination else "left to the workspace",
