@@ -94,6 +94,15 @@ def test_a_deployment_still_running_at_the_timeout_is_reported(standin):
     assert line.startswith("Error: Deployment ") and "of app slow-app is still IN_PROGRESS after 1 s; follow it at https://slow-app-" in line
 
 
+def test_compute_that_never_starts_is_reported_at_the_timeout(standin):
+    standin.state.compute_start_polls = 10**6
+    result = deploy("--app-name", APP, "--volume", VOLUME, "--timeout", "1")
+    assert result.exit_code == 1
+    (line,) = result.stderr.splitlines()
+    assert line == f"Error: The compute of app {APP} did not become ACTIVE within 1 s; look at the app's page in the workspace."
+    assert not standin.state.deployments
+
+
 def test_deploy_with_an_oauth_client(oauth_standin):
     """DATABRICKS_HOST with DATABRICKS_CLIENT_ID/SECRET: databricks-sdk fetches a token, and the files go to
     the service principal's folder (the workspace says who the caller is)."""
