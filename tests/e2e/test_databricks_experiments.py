@@ -110,3 +110,24 @@ def test_a_folder_the_app_may_not_write_is_a_clear_403(databricks_app, client, s
         assert time.monotonic() - started < 30  # refused at once, not retried
         # The app's own folder is still the app's: plain names keep working with grants enforced.
         assert client.create_experiment(unique("still-fine"))
+
+
+def test_the_uis_create_experiment_dialog_with_a_plain_name(databricks_app, backing):
+    from tests.e2e.test_browser import UI_TIMEOUT_MS, assert_no_error_shown, browser_page
+
+    name = unique("made-in-the-dialog")
+    with browser_page(databricks_app, platform_edge=True) as ui:
+        ui.open("/experiments")
+        ui.page.get_by_role("button", name="Create", exact=True).first.click(timeout=UI_TIMEOUT_MS)
+        dialog = ui.page.get_by_role("dialog")
+        dialog.get_by_role("textbox").first.fill(name)
+        with ui.page.expect_response(lambda r: r.url.endswith("/experiments/create"), timeout=UI_TIMEOUT_MS) as created:
+            dialog.get_by_role("button", name="Create", exact=True).click()
+        assert created.value.status == 200, created.value.text()
+        experiment_id = created.value.json()["experiment_id"]
+        ui.page.wait_for_url(f"**/experiments/{experiment_id}**", timeout=UI_TIMEOUT_MS)  # the UI opens what it made
+        assert_no_error_shown(ui)
+        # The dialog asks whether the name is free before it creates: a 404 there means it is.
+        unexpected = [a for a in ui.traffic.error_answers() if not (a[2] == 404 and "/experiments/get-by-name?" in a[1])]
+        assert unexpected == []
+    assert backing.get("experiments/get", experiment_id=experiment_id)["experiment"]["name"] == f"{FOLDER}/{name}"
