@@ -195,8 +195,8 @@ SERVE_SETTINGS: tuple[Setting, ...] = (
                  "408. `0`: no minimum."),
     Setting("max_upstream_per_client", "--max-upstream-per-client", ("MLFLOW_APP_MAX_UPSTREAM_PER_CLIENT",), int, DEFAULT_MAX_PER_CLIENT, click_type=click.IntRange(min=1),
             help="Requests one client address may have in progress at MLflow at once (the front keeps at most 512 connections to "
-                 "MLflow); more get 429 with `Retry-After`, which the mlflow client retries. Behind a proxy, the address is the one in "
-                 "`X-Forwarded-For` (see `--forwarded-allow-ips`)."),
+                 "MLflow); more get 429 with `Retry-After`, which the mlflow client retries. Behind a proxy, the address is the nearest "
+                 "untrusted one in `X-Forwarded-For`, else the proxy's `X-Real-Ip` (see `--forwarded-allow-ips`)."),
     Setting("forwarded_allow_ips", "--forwarded-allow-ips", ("MLFLOW_APP_FORWARDED_ALLOW_IPS", "FORWARDED_ALLOW_IPS"), tuple[str, ...] | None, None,
             is_list=True, metavar="LIST", shown="`127.0.0.1,::1`; `*` on Databricks Apps",
             help="Comma-separated addresses or networks of reverse proxies whose `X-Forwarded-For`, `-Host`, `-Proto`, `-Email`, "

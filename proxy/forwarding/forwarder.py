@@ -53,6 +53,9 @@ REPLACED_ON_REQUEST = HOP_BY_HOP | {
     b"x-forwarded-proto",
     b"x-forwarded-for",
     b"x-request-id",
+    # The browsing user's own workspace token (Databricks Apps' user authorization): MLflow acts as
+    # the app's principal and never needs it, and a secret kept out of the child is not leaked there.
+    b"x-forwarded-access-token",
 }
 # From a peer that is no configured proxy, every forwarded header it sent is dropped as well.
 REPLACED_FROM_UNTRUSTED_PEER = REPLACED_ON_REQUEST | FORWARDED_HEADERS
@@ -244,7 +247,13 @@ class Forwarder:
                 parts += (name, b": ", value, b"\r\n")
         chain = exchange.lists.get(b"x-forwarded-for")
         peer = (exchange.client_host or "unknown").encode()
-        parts += (b"x-forwarded-for: ", b", ".join((*chain, peer)) if chain else peer, b"\r\n")
+        if chain:
+            parts += (b"x-forwarded-for: ", b", ".join((*chain, peer)), b"\r\n")
+        elif exchange.forwarded_trusted and (real_ip := exchange.first.get(b"x-real-ip")):
+            # A proxy that names the client in X-Real-Ip only (Databricks Apps): the chain starts there.
+            parts += (b"x-forwarded-for: ", real_ip, b", ", peer, b"\r\n")
+        else:
+            parts += (b"x-forwarded-for: ", peer, b"\r\n")
         parts += (b"x-forwarded-proto: ", exchange.scheme, b"\r\n")
         public_host = exchange.public_host
         if public_host:

@@ -551,6 +551,21 @@ async def test_forwarded_headers_from_a_configured_proxy_are_kept(client, fake_m
     seen = last_call(fake_mlflow)
     assert seen_headers(seen, "x-forwarded-email") == ["mallory@evil.example"]
     assert seen_headers(seen, "x-real-ip") == ["203.0.113.7"]
+    assert seen_headers(seen, "x-forwarded-for") == ["203.0.113.7, 127.0.0.1"]
+
+
+async def test_the_users_access_token_never_reaches_mlflow(client, fake_mlflow):
+    await client.get("/api/x", headers={"X-Forwarded-Access-Token": "eyJuser.token", "X-Forwarded-Email": "a@example.com"})
+
+    seen = last_call(fake_mlflow)
+    assert seen_headers(seen, "x-forwarded-access-token") == []
+    assert seen_headers(seen, "x-forwarded-email") == ["a@example.com"]
+
+
+async def test_a_proxys_x_real_ip_starts_the_forwarded_chain(client, fake_mlflow):
+    await client.get("/api/x", headers={"X-Real-Ip": "198.51.100.4"})
+
+    assert seen_headers(last_call(fake_mlflow), "x-forwarded-for") == ["198.51.100.4, 127.0.0.1"]
 
 
 async def test_a_public_scheme_is_assumed_where_the_proxy_sends_none(start_front, fake_mlflow):
