@@ -15,7 +15,8 @@ import uuid
 import httpx
 import pytest
 
-from tests.e2e.conftest import DATABRICKS_APP_NAME
+from tests.app_process import AppProcess
+from tests.e2e.conftest import DATABRICKS_APP_NAME, platform_env
 
 pytestmark = pytest.mark.e2e
 
@@ -131,3 +132,33 @@ def test_the_uis_create_experiment_dialog_with_a_plain_name(databricks_app, back
         unexpected = [a for a in ui.traffic.error_answers() if not (a[2] == 404 and "/experiments/get-by-name?" in a[1])]
         assert unexpected == []
     assert backing.get("experiments/get", experiment_id=experiment_id)["experiment"]["name"] == f"{FOLDER}/{name}"
+
+
+def test_off_databricks_apps_without_a_folder_plain_names_get_a_400_saying_what_to_set(tmp_path, standin_workspace, monkeypatch):
+    """A workspace tracking store on a machine of the user's own, no --experiment-folder: a plain name
+    or the default experiment is refused by the app with a message that says what to set, full
+    paths work."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    env = platform_env(standin_workspace)
+    del env["DATABRICKS_APP_NAME"]  # not on Databricks Apps: no default folder
+    app = AppProcess(tmp_path / "app", "--host", "127.0.0.1", "--backend-store-uri", "databricks", "--registry-store-uri", "databricks-uc")
+    app.env = env
+    app.start()
+    try:
+        app.wait_ready()
+        assert "no --experiment-folder" in app.log_text()
+        for name in [n for n in os.environ if n.startswith("DATABRICKS_")]:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        client = mlflow.MlflowClient(tracking_uri=app.url)
+        for refused_call in (lambda: client.create_experiment("churn"), lambda: client.create_run("0"), lambda: client.get_experiment_by_name("churn")):
+            with pytest.raises(MlflowException) as refused:
+                refused_call()
+            assert refused.value.error_code == "INVALID_PARAMETER_VALUE"
+            assert "--experiment-folder (MLFLOW_APP_EXPERIMENT_FOLDER)" in refused.value.message
+        experiment_id = client.create_experiment(unique("/Users/e2e/full-path"))
+        assert client.create_run(experiment_id).info.experiment_id == experiment_id
+    finally:
+        app.stop()
