@@ -251,8 +251,10 @@ def call_command(url, method, json_body, app_url, profile, timeout, header_lines
     \b
     URL is a full URL or a path below --app-url. METHOD defaults to GET, or POST with JSON. JSON is
     the body as text, or @file (@- for stdin); with GET its fields become query parameters. The
-    token comes from databricks-sdk (DATABRICKS_HOST and credentials, or --profile) and goes only to
-    https://*.databricksapps.com and the prefixes in MLFLOW_APP_DATABRICKS_TOKEN_URLS.
+    token (a Databricks OAuth token: the platform refuses others) comes from databricks-sdk
+    (DATABRICKS_HOST and credentials, or --profile) and goes only to an app of the credentials' own
+    workspace (https://<app>-<workspace id>.<region>.databricksapps.com) and to the prefixes in
+    MLFLOW_APP_DATABRICKS_TOKEN_URLS.
     Prints the body on stdout (indented when it is JSON), the status on stderr; exits 1 on HTTP 400
     and above, or when no answer came.
 
