@@ -1,4 +1,5 @@
-"""The start-up check of the Unity Catalog grants the app's service principal needs, as warnings.
+"""The start-up check of the grants the app's service principal needs, as warnings: Unity Catalog
+(the artifacts volume, CREATE MODEL) and the experiment folder.
 
 A missing grant does not stop the app: it can still serve what it may (the UI, tracking), and an
 operator may grant it later. So the check runs in the background once the front listens, bounded
@@ -21,7 +22,11 @@ and schema. Ownership of a securable grants everything without being listed ther
 on a workspace): an owner may see a warning it can ignore. A securable the check cannot read
 (missing, or permissions it may not see) is one warning saying so.
 
-The experiment folder is checked by the experiments code that creates it at start.
+The experiment folder (`--experiment-folder`, with a workspace tracking store) is made at start
+by experiment_folder.py; here the app checks that it may create experiments in it, which a folder
+that exists does not say: it makes an empty folder `.mlflow-app-write-check` inside and deletes it
+(no API gives a principal's effective folder permission, groups included). Refused, that is
+`missing grant: CAN MANAGE on folder <folder> (…)`.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from dataclasses import dataclass
 
 from launcher.client.deadline import DeadlinePassed, call_with_deadline
 from launcher.client.sdk_errors import sdk_reason
-from launcher.databricks.child_environment import child_artifacts_destination
+from launcher.databricks.child_environment import child_artifacts_destination, child_experiment_folder
+from launcher.databricks.experiment_folder import CREATE_PERMISSION
 from launcher.redaction import Redactor
 from launcher.settings import Settings, uri_scheme
 
@@ -40,6 +46,8 @@ log = logging.getLogger("mlflow_app.launcher")
 
 CHECK_HTTP_TIMEOUT_SECONDS = 10.0
 CHECK_TIMEOUT_SECONDS = 60.0
+# Made and deleted inside the experiment folder: creating an item there is what experiments need.
+WRITE_PROBE = ".mlflow-app-write-check"
 
 
 @dataclass(frozen=True)
@@ -103,35 +111,70 @@ class GrantsUnreadable(Exception):
     """The workspace would not say which grants the app holds on a securable; the message says why."""
 
 
-def workspace_effective_privileges() -> Callable[[str, str], set[str]]:
-    """`effective(type, name)` for the app's own principal, through databricks-sdk with bounded timeouts."""
-    from databricks.sdk import WorkspaceClient
-    from databricks.sdk.config import Config
-    from databricks.sdk.errors import DatabricksError
+def folder_warnings(folder: str | None, may_create_in: Callable[[str], bool]) -> list[str]:
+    """A warning when the app may not create experiments in `folder`; none without a folder."""
+    if folder is None:
+        return []
+    try:
+        if may_create_in(folder):
+            return []
+    except GrantsUnreadable as exc:
+        return [f"could not check the experiment folder {folder}: {exc}"]
+    return [f"missing grant: {CREATE_PERMISSION} on folder {folder} (creating experiments named without a folder will be refused)"]
 
-    client = WorkspaceClient(config=Config(http_timeout_seconds=CHECK_HTTP_TIMEOUT_SECONDS, retry_timeout_seconds=int(CHECK_HTTP_TIMEOUT_SECONDS)))
-    principal = client.current_user.me().user_name  # a service principal's is its application id
 
-    def effective(securable_type: str, full_name: str) -> set[str]:
+class WorkspaceGrants:
+    """What the app's own principal may do, asked through databricks-sdk with bounded timeouts."""
+
+    def __init__(self):
+        from databricks.sdk import WorkspaceClient
+        from databricks.sdk.config import Config
+
+        self.client = WorkspaceClient(config=Config(http_timeout_seconds=CHECK_HTTP_TIMEOUT_SECONDS, retry_timeout_seconds=int(CHECK_HTTP_TIMEOUT_SECONDS)))
+        self.principal = self.client.current_user.me().user_name  # a service principal's is its application id
+
+    def effective(self, securable_type: str, full_name: str) -> set[str]:
+        """The privileges held on a Unity Catalog securable, directly or inherited (`USE_CATALOG`, …)."""
+        from databricks.sdk.errors import DatabricksError
+
         try:
-            found = client.grants.get_effective(securable_type, full_name, principal=principal)
+            found = self.client.grants.get_effective(securable_type, full_name, principal=self.principal)
         except DatabricksError as exc:
             raise GrantsUnreadable(sdk_reason(exc)) from None
-        return {p.privilege.value for a in found.privilege_assignments or [] if a.principal == principal for p in a.privileges or [] if p.privilege}
+        return {p.privilege.value for a in found.privilege_assignments or [] if a.principal == self.principal for p in a.privileges or [] if p.privilege}
 
-    return effective
+    def may_create_in(self, folder: str) -> bool:
+        """Whether an item can be made in `folder`: an empty folder made there and deleted again."""
+        from databricks.sdk.errors import DatabricksError, PermissionDenied
+
+        probe = f"{folder.rstrip('/')}/{WRITE_PROBE}"
+        try:
+            self.client.workspace.mkdirs(probe)
+        except PermissionDenied:
+            return False
+        except DatabricksError as exc:
+            raise GrantsUnreadable(sdk_reason(exc)) from None
+        try:
+            self.client.workspace.delete(probe)
+        except DatabricksError as exc:  # the folder stays; it is empty and says what it is
+            log.warning("experiment folder check: could not delete %s (%s)", probe, sdk_reason(exc))
+        return True
 
 
 def check_grants(settings: Settings, timeout: float = CHECK_TIMEOUT_SECONDS) -> list[str]:
     """The warnings for `settings` (see the module doc), within about `timeout` seconds; a check that
     fails as a whole is one warning. Never raises."""
-    needed = needed_grants(settings)
-    if not needed:
+    needed, folder = needed_grants(settings), child_experiment_folder(settings)
+    if not needed and folder is None:
         return []
     redact = Redactor.from_environment()
+
+    def check() -> list[str]:
+        workspace = WorkspaceGrants()
+        return missing_grants(needed, workspace.effective) + folder_warnings(folder, workspace.may_create_in)
+
     try:
-        warnings = call_with_deadline(lambda: missing_grants(needed, workspace_effective_privileges()), timeout, "grants-check")
-        return [redact(warning) for warning in warnings]
+        return [redact(warning) for warning in call_with_deadline(check, timeout, "grants-check")]
     except DeadlinePassed:
         return [f"could not check the app's grants: the workspace did not answer within {timeout:.0f} s"]
     except Exception as exc:  # noqa: BLE001 - a warning, never a failed start

@@ -25,6 +25,7 @@ VOLUME = "main.default.mlflow-artifacts"  # conftest.VOLUME as a Unity Catalog n
 VOLUME_FILES = "/api/2.0/fs/files/Volumes/main/default/mlflow-artifacts/"
 VOLUME_DIRECTORIES = "/api/2.0/fs/directories/Volumes/main/default/mlflow-artifacts/"
 # The client's own retries of 5xx answers, short enough that a retry loop shows within the test.
+THEIR_FOLDER = "/Users/pat-user@example.com"  # the stand-in's other user: the app may not create there
 CLIENT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
@@ -140,14 +141,14 @@ def test_health_has_no_warnings_with_every_grant(databricks_app):
 
 @pytest.fixture(scope="module")
 def app_missing_grants(tmp_path_factory, standin_workspace):
-    """An app of its own, started while the stand-in enforces grants the app lacks: WRITE VOLUME
-    and CREATE MODEL."""
+    """An app of its own, started while the stand-in enforces grants the app lacks: WRITE VOLUME,
+    CREATE MODEL, and CAN MANAGE on its experiment folder (another user's home folder)."""
     with standin_workspace.grants.restored_after() as held:
         principal = standin_workspace.client_id
         grant_everything_the_app_needs(held.enforce(), principal)
         held.revoke(principal, "WRITE VOLUME", "volume", VOLUME).revoke(principal, "CREATE MODEL", "schema", "main.default")
         app = AppProcess(tmp_path_factory.mktemp("grants-app"), "--host", "127.0.0.1")
-        app.env = platform_env(standin_workspace)
+        app.env = platform_env(standin_workspace, MLFLOW_APP_EXPERIMENT_FOLDER=THEIR_FOLDER)
         app.start()
         try:
             app.wait_ready()
@@ -162,12 +163,14 @@ def test_health_warns_of_missing_grants_and_stays_200(app_missing_grants, standi
     while True:
         answer = app.health()
         warnings = answer.json().get("warnings", [])
-        if len(warnings) >= 2 or time.monotonic() > deadline:
+        if len(warnings) >= 3 or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert answer.status_code == 200 and answer.json()["status"] == "ok"
     assert any(f"missing grant: WRITE VOLUME on {VOLUME}" in w for w in warnings), warnings
     assert any("missing grant: CREATE MODEL on main.default" in w for w in warnings), warnings
+    assert any(f"missing grant: CAN MANAGE on folder {THEIR_FOLDER}" in w for w in warnings), warnings
+    assert len(warnings) == 3, warnings
     assert not any("USE CATALOG" in w or "USE SCHEMA" in w for w in warnings), warnings
     # Each warning is logged once, and nothing secret is in /health.
     log = app.log_text()

@@ -67,3 +67,19 @@ def test_a_check_that_cannot_run_is_one_warning_not_a_failure(signed_in, env, fa
         workspace.faults.token_delay = 0.0
     assert len(warnings) == 1 and warnings[0].startswith(expected), warnings
     assert workspace.client_secret not in warnings[0]
+
+
+def test_the_experiment_folder_must_take_new_items(signed_in):
+    workspace = signed_in
+    me = workspace.client_id
+    shared = {**ON_APPS, "artifacts_destination": None, "experiment_folder": "/Shared/grants-check"}
+    theirs = {**shared, "experiment_folder": "/Users/pat-user@example.com"}  # another user's home folder
+    with workspace.grants.restored_after() as grants:
+        grants.enforce()
+        workspace.folders.mkdirs("/Shared/grants-check", me)
+        assert check_grants(Settings(**shared)) == []
+        assert check_grants(Settings(**theirs)) == ["missing grant: CAN MANAGE on folder /Users/pat-user@example.com (creating experiments named without a folder will be refused)"]
+    # The probe made in the folder is gone again; none was made where it was refused.
+    assert not [path for path in workspace.folders.objects if path.endswith("/.mlflow-app-write-check")]
+    assert [r.status for r in workspace.requests if r.path == "/api/2.0/workspace/mkdirs"] == [200, 403]
+    assert [r.status for r in workspace.requests if r.path == "/api/2.0/workspace/delete"] == [200]
