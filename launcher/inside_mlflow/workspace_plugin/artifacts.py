@@ -8,6 +8,9 @@ workspace credentials:
 - `_unity_catalog/models/<catalog.schema.model>/<version>/<path>` is that model version's file,
   read from Unity Catalog's storage (read only: a version's files are written once, on
   registration, by the registry store).
+  MLflow moves them as the workspace says: the Files API, presigned URLs (default storage), or
+  for a customer's storage a cloud SDK (boto3 with the `s3` extra); without that SDK the answer
+  names the package (`cloud_sdk_required`).
 Inside the child, the same `mlflow-artifacts:` URIs resolve to the destination too, so that the
 registry store can read a run's model files when a client registers them (`proxied_repository`,
 registered through MLflow's `mlflow.artifact_repository` entry points, not by touching its registry).
@@ -17,10 +20,19 @@ from __future__ import annotations
 
 import posixpath
 import re
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 UC_MODELS_PREFIX = "_unity_catalog/models"
 _MODEL_PATH = re.compile(r"^(?P<name>[^/.]+\.[^/.]+\.[^/.]+)/(?P<version>[0-9]+)(?:/(?P<rest>.*))?$")
+# The cloud SDK MLflow reaches a customer's storage with, by the top-level module whose import
+# failed (mlflow/utils/_unity_catalog_utils.py): the storage's name, the package, how to install it.
+CLOUD_SDKS = {
+    "boto3": ("S3", "boto3", "pip install 'mlflow-app[s3]'"),
+    "botocore": ("S3", "boto3", "pip install 'mlflow-app[s3]'"),
+    "azure": ("Azure Data Lake Storage", "azure-storage-file-datalake", "pip install azure-storage-file-datalake"),
+    "google": ("Google Cloud Storage", "google-cloud-storage", "pip install google-cloud-storage"),
+}
 
 
 def model_version_download_uri(name: str, version: str | int) -> str:
@@ -39,6 +51,34 @@ def model_version_path(path: str) -> tuple[str, str, str] | None:
 
         raise MlflowException.invalid_parameter_value(f"'{path}' is not a model version path: use {UC_MODELS_PREFIX}/<catalog>.<schema>.<model>/<version>/<file>.")
     return match["name"], match["version"], match["rest"] or ""
+
+
+@contextmanager
+def cloud_sdk_required(model_name: str):
+    """Moving a Unity Catalog model version's files, where they may be in customer-hosted storage.
+
+    When the workspace keeps them in a customer's S3, ADLS or GCS storage, MLflow reaches it with that
+    cloud's SDK; without it MLflow raises a 500 asking for `mlflow[databricks]`, which clients retry for
+    minutes. This turns it into 501 NOT_IMPLEMENTED (not retried) naming the package the app lacks.
+    The message holds no credential: only the storage's kind and the package.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, ImportError) as exc:
+        missing = exc if isinstance(exc, ImportError) else exc.__cause__
+        sdk = CLOUD_SDKS.get((getattr(missing, "name", None) or "").split(".")[0]) if isinstance(missing, ImportError) else None
+        if sdk is None:
+            raise
+        from mlflow.protos.databricks_pb2 import NOT_IMPLEMENTED
+
+        storage, package, install = sdk
+        raise MlflowException(
+            f"Unity Catalog keeps the files of '{model_name}' in customer-hosted {storage}, which MLflow reaches with {package}, "
+            f"not installed in the app: install it ({install}; on Databricks Apps, {package} in the deployed requirements.txt) and restart the app.",
+            error_code=NOT_IMPLEMENTED,
+        ) from None
 
 
 def model_version_repository(name: str, version: str):
@@ -102,7 +142,8 @@ class ProxiedArtifactRouter:
         if (model := model_version_path(artifact_path)) is None:
             return self._destination.download_artifacts(artifact_path, dst_path)
         name, version, rest = model
-        return model_version_repository(name, version).download_artifacts(rest, dst_path)
+        with cloud_sdk_required(name):
+            return model_version_repository(name, version).download_artifacts(rest, dst_path)
 
     def list_artifacts(self, path: str | None = None):
         if path is None or (model := model_version_path(path)) is None:
@@ -110,7 +151,9 @@ class ProxiedArtifactRouter:
         from mlflow.entities import FileInfo
 
         name, version, rest = model
-        files = model_version_repository(name, version).list_artifacts(rest or None)
+        with cloud_sdk_required(name):
+            # "" for the version's root, not None: MLflow's presigned-URL repository (3.17.2) joins it into a path.
+            files = model_version_repository(name, version).list_artifacts(rest)
         base = f"{UC_MODELS_PREFIX}/{name}/{version}"
         return [FileInfo(posixpath.join(base, f.path), f.is_dir, f.file_size) for f in files]
 

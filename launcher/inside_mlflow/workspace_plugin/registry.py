@@ -16,6 +16,8 @@ instance only:
   cannot serialise, are served as plain versions with empty aliases and tags;
 - with artifacts served by the app, a version's download URI is its `mlflow-artifacts:` path, so
   that `load_model("models:/catalog.schema.model@alias")` works with only the app's URL.
+- registering into customer-hosted storage whose cloud SDK the app lacks answers 501 naming the
+  package, not MLflow's retried 500 (artifacts.cloud_sdk_required).
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def adapt_registry_store(store, proxied_downloads: bool) -> None:
     from mlflow.store.entities.paged_list import PagedList
 
     from launcher.inside_mlflow import mlflow_internals
-    from launcher.inside_mlflow.workspace_plugin.artifacts import model_version_download_uri
+    from launcher.inside_mlflow.workspace_plugin.artifacts import cloud_sdk_required, model_version_download_uri
 
     base = type(store)
 
@@ -132,10 +134,11 @@ def adapt_registry_store(store, proxied_downloads: bool) -> None:
             return PagedList(ordered([plain_model_version(v) for v in page], order_by), page.token)
 
         def create_model_version(self, name, source, run_id=None, tags=None, run_link=None, description=None, local_model_path=None, model_id=None):
-            return super().create_model_version(
-                name, source, run_id=run_id or None, tags=tags, run_link=run_link or None,
-                description=description or None, local_model_path=local_model_path, model_id=model_id or None,
-            )  # fmt: skip
+            with cloud_sdk_required(name):  # the files go to storage a cloud SDK may be missing for
+                return super().create_model_version(
+                    name, source, run_id=run_id or None, tags=tags, run_link=run_link or None,
+                    description=description or None, local_model_path=local_model_path, model_id=model_id or None,
+                )  # fmt: skip
 
         def get_model_version_download_uri(self, name, version):
             if not proxied_downloads:
