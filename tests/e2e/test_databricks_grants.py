@@ -104,6 +104,7 @@ def test_registering_a_model_without_create_model_is_a_403_naming_it(client, gra
         client.create_registered_model("main.default.refused")
     assert refused.value.error_code == "PERMISSION_DENIED"
     assert "missing grant: CREATE MODEL on main.default" in refused.value.message, refused.value.message
+    assert "Config:" not in refused.value.message and standin_workspace.url not in refused.value.message
     assert "main.default.refused" not in standin_workspace.unity_catalog.models
     creates = calls_since(standin_workspace, start, "POST", "/api/2.0/mlflow/unity-catalog/registered-models/create")
     assert [r.status for r in creates] == [403]
@@ -131,6 +132,19 @@ def test_loading_a_model_without_execute_is_a_403_naming_it(client, grants, stan
     assert "500" not in message.split("missing grant")[0]
     gets = calls_since(standin_workspace, start, "GET", "/api/2.0/mlflow/unity-catalog/model-versions/get")
     assert len(gets) <= 2 and all(r.status == 403 for r in gets)
+
+
+def test_an_experiment_in_a_folder_the_app_may_not_write_is_a_403_naming_it(client, grants, standin_workspace):
+    name = f"{THEIR_FOLDER}/grants-{time.time_ns()}"
+    start = len(standin_workspace.requests)
+    with pytest.raises(MlflowException) as refused:
+        client.create_experiment(name)
+    assert refused.value.error_code == "PERMISSION_DENIED"
+    message = refused.value.message
+    assert f"missing grant: CAN MANAGE on folder {THEIR_FOLDER}" in message, message
+    assert "Config:" not in message and standin_workspace.url not in message  # databricks-sdk's dump of its settings
+    creates = calls_since(standin_workspace, start, "POST", "/api/2.0/mlflow/experiments/create")
+    assert [r.status for r in creates] == [403]
 
 
 def test_health_has_no_warnings_with_every_grant(databricks_app):

@@ -50,7 +50,7 @@ def missing_grant(text: str) -> str | None:
     if match := _DOES_NOT_HAVE.search(text):
         return f"{match['privilege'].replace('_', ' ')} on {match['name']}"
     if match := _FOLDER.search(text):
-        return f"{match['privilege']} on folder {match['name']}"
+        return f"{match['privilege'].replace('_', ' ')} on folder {match['name']}"
     if match := _NOT_OWNER.search(text):
         return f"ownership of {match['name']}"
     return None

@@ -19,7 +19,7 @@ SDK_DUMP = " Config: host=https://w.example, client_id=4d1b, client_secret=***. 
         ("PERMISSION_DENIED: User does not have WRITE_VOLUME on Volume 'main.default.mlflow'.", "WRITE VOLUME on main.default.mlflow"),
         ("User does not have EXECUTE on Routine or Model 'main.default.iris'.", "EXECUTE on main.default.iris"),
         ("User is not an owner of Function 'main.default.iris'.", "ownership of main.default.iris"),
-        ("User 4d1b does not have CAN_MANAGE permission on directory /Shared/app.", "CAN_MANAGE on folder /Shared/app"),
+        ("User 4d1b does not have CAN_MANAGE permission on directory /Shared/app.", "CAN MANAGE on folder /Shared/app"),
         ("Invalid access token.", None),
     ],
 )
