@@ -92,3 +92,21 @@ def test_the_repository_names_the_grant_each_call_needs():
         repository.list_artifacts("experiments/1")
     with pytest.raises(MlflowException, match=r"^missing grant: EXECUTE on main\.default\.iris: "):
         repository.list_artifacts("_unity_catalog/models/main.default.iris/1")
+
+
+def test_a_permission_denied_anywhere_under_flask_is_a_403_in_mlflows_shape():
+    from flask import Flask
+
+    from launcher.inside_mlflow.workspace_plugin.permissions import install_refusal_handler
+
+    app = Flask("refusals")
+
+    @app.route("/api/2.0/mlflow/anything")
+    def anything():
+        raise PermissionDenied("User does not have READ VOLUME on Volume 'c.s.v'." + SDK_DUMP)
+
+    install_refusal_handler(app)
+    answer = app.test_client().get("/api/2.0/mlflow/anything")
+    assert answer.status_code == 403 and answer.mimetype == "application/json"
+    assert answer.json["error_code"] == "PERMISSION_DENIED"
+    assert answer.json["message"].startswith("missing grant: READ VOLUME on c.s.v: ") and "Config" not in answer.json["message"]
