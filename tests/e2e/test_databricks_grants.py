@@ -125,7 +125,9 @@ def test_registering_a_model_without_create_model_is_a_403_naming_it(client, gra
 def test_loading_a_model_without_execute_is_a_403_naming_it(client, grants, standin_workspace, databricks_app, tmp_path):
     import mlflow
 
-    name = f"main.default.grants{time.time_ns()}"
+    # A schema of its own: test_databricks_models lists what is in main.default.
+    grants.grant(standin_workspace.client_id, "USE SCHEMA", "schema", "main.grants_e2e").grant(standin_workspace.client_id, "CREATE MODEL", "schema", "main.grants_e2e")
+    name = f"main.grants_e2e.model{time.time_ns()}"
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     # Unity Catalog takes only models with a signature.
