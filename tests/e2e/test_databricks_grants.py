@@ -122,7 +122,7 @@ def test_registering_a_model_without_create_model_is_a_403_naming_it(client, gra
     assert [r.status for r in creates] == [403]
 
 
-def test_loading_a_model_without_execute_is_a_403_naming_it(client, grants, standin_workspace, databricks_app, tmp_path):
+def test_a_model_without_execute_is_not_listed_and_loading_it_is_a_403_naming_it(client, grants, standin_workspace, databricks_app, tmp_path):
     import mlflow
 
     # A schema of its own: test_databricks_models lists what is in main.default.
@@ -137,7 +137,11 @@ def test_loading_a_model_without_execute_is_a_403_naming_it(client, grants, stan
     client.create_registered_model(name)
     client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
     # Someone else owns it now, and the app's principal was granted no EXECUTE on it.
+    assert name in [m.name for m in client.search_registered_models(filter_string="name LIKE 'main.grants_e2e.%'")]
     grants.set_owner("someone-else@example.com", "registered_model", name)
+    # Searches list only what the app may read: the model is gone from them.
+    assert name not in [m.name for m in client.search_registered_models(filter_string="name LIKE 'main.grants_e2e.%'")]
+    assert name not in [m.name for m in client.search_registered_models()]
     start = len(standin_workspace.requests)
     with pytest.raises(Exception) as refused:
         mlflow.artifacts.download_artifacts(f"models:/{name}/1", dst_path=str(tmp_path / "back"), tracking_uri=databricks_app.url)
