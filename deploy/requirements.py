@@ -19,6 +19,10 @@ UV_EXPORT = (
     "export", "--frozen", "--format", "requirements-txt", "--no-dev", "--no-hashes",
     "--no-emit-project", "--no-header", "--no-annotate",
 )  # fmt: skip
+# Extras that go to the platform when the project declares them. `s3` (boto3): a workspace whose Unity
+# Catalog keeps model files in the customer's own S3 bucket hands MLflow S3 credentials, and without
+# boto3 the first model registration there fails (docs/databricks.md, "Unity Catalog model files").
+PLATFORM_EXTRAS = ("s3",)
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,8 @@ def export_requirements(project_dir: Path, mlflow: LockedMlflow) -> str:
     Development dependencies and mlflow-app itself are left out: the platform runs our packages from
     the uploaded folder. A package from a local path is refused, since the platform cannot reach it.
     """
-    result = subprocess.run([uv_executable(), *UV_EXPORT], cwd=project_dir, capture_output=True, text=True)
+    extras = [arg for extra in declared_extras(project_dir) if extra in PLATFORM_EXTRAS for arg in ("--extra", extra)]
+    result = subprocess.run([uv_executable(), *UV_EXPORT, *extras], cwd=project_dir, capture_output=True, text=True)
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise DeployError(f"`uv export` failed in {project_dir}: {reason}")
@@ -91,3 +96,11 @@ def export_requirements(project_dir: Path, mlflow: LockedMlflow) -> str:
         f"# {mlflow.describe()}.",
     ]
     return "\n".join(header + lines) + "\n"
+
+
+def declared_extras(project_dir: Path) -> list[str]:
+    """The optional-dependency groups the project's pyproject.toml declares."""
+    pyproject = project_dir / "pyproject.toml"
+    if not pyproject.is_file():
+        return []
+    return list(tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {}).get("optional-dependencies", {}))

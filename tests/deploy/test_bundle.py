@@ -84,7 +84,8 @@ def test_the_compute_size_is_one_the_platform_and_mlflow_app_deploy_offer():
 
 def test_the_app_resource_is_what_the_bundle_schema_allows():
     """Unknown fields, permission levels and compute sizes are refused here as `databricks bundle validate` would."""
-    bundles = pytest.importorskip("databricks.bundles.apps", reason="databricks-bundles is not installed: the bundle schema check needs it (a dev dependency)")
+    import databricks.bundles.apps as bundles  # the dev group carries databricks-bundles
+
     assert bundles.App.from_dict(APP).permissions[0].level == bundles.AppPermissionLevel.CAN_USE
     assert bundles.App.from_dict(with_defaults(APP)).compute_size == bundles.ComputeSize.MEDIUM
     with pytest.raises(ValueError, match="Unexpected field"):

@@ -24,9 +24,10 @@ def test_this_checkout_pins_every_runtime_package_exactly():
     lock = tomllib.loads((REPO / "uv.lock").read_text())
     versions = {p["name"]: p["version"] for p in lock["package"]}
     assert f"mlflow=={versions['mlflow']}" in lines
-    for dependency in ("databricks-sdk", "fastapi", "uvicorn", "httpx", "click", "brotli", "prometheus-client", "jinja2"):
+    # boto3 from the s3 extra: Unity Catalog may hand the app S3 credentials for model files.
+    for dependency in ("databricks-sdk", "fastapi", "uvicorn", "httpx", "click", "brotli", "prometheus-client", "jinja2", "boto3"):
         assert f"{dependency}=={versions[dependency]}" in {line.split(" ;")[0] for line in lines}, dependency
-    assert not names & {"mlflow-app", "pytest", "pytest-asyncio", "playwright", "hypothesis"}  # ours, and development only
+    assert not names & {"mlflow-app", "pytest", "pytest-asyncio", "playwright", "hypothesis", "moto", "psycopg"}  # ours, development only, other extras
 
 
 def test_git_mlflow_keeps_its_git_url_at_the_locked_commit():
