@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import mlflow
 import pytest
@@ -62,18 +64,25 @@ def platform_env(workspace, **overrides: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def databricks_app(tmp_path_factory, standin_workspace) -> AppProcess:
-    """mlflow-app in Databricks mode against the stand-in: every default from DATABRICKS_APP_NAME but
-    the address, since a test must not listen on 0.0.0.0. Shared by the Databricks-mode modules."""
-    app = AppProcess(tmp_path_factory.mktemp("databricks-app"), "--host", "127.0.0.1")
-    app.env = platform_env(standin_workspace)
+@contextmanager
+def running_databricks_app(directory, env: dict[str, str]) -> Iterator[AppProcess]:
+    """mlflow-app in Databricks mode with `env` (see platform_env), ready, stopped afterwards: every
+    default from DATABRICKS_APP_NAME but the address, since a test must not listen on 0.0.0.0."""
+    app = AppProcess(directory, "--host", "127.0.0.1")
+    app.env = env
     app.start()
     try:
         app.wait_ready()
         yield app
     finally:
         app.stop()
+
+
+@pytest.fixture(scope="session")
+def databricks_app(tmp_path_factory, standin_workspace) -> AppProcess:
+    """The app against the stand-in, shared by the Databricks-mode modules."""
+    with running_databricks_app(tmp_path_factory.mktemp("databricks-app"), platform_env(standin_workspace)) as app:
+        yield app
 
 
 @pytest.fixture

@@ -17,8 +17,7 @@ import httpx
 import pytest
 from mlflow.exceptions import MlflowException
 
-from tests.app_process import AppProcess
-from tests.e2e.conftest import platform_env
+from tests.e2e.conftest import platform_env, running_databricks_app
 
 pytestmark = pytest.mark.e2e
 
@@ -179,14 +178,9 @@ def app_missing_grants(tmp_path_factory, standin_workspace):
         principal = standin_workspace.client_id
         grant_everything_the_app_needs(held.enforce(), principal)
         held.revoke(principal, "WRITE VOLUME", "volume", VOLUME).revoke(principal, "CREATE MODEL", "schema", "main.default")
-        app = AppProcess(tmp_path_factory.mktemp("grants-app"), "--host", "127.0.0.1")
-        app.env = platform_env(standin_workspace, MLFLOW_APP_EXPERIMENT_FOLDER=THEIR_FOLDER)
-        app.start()
-        try:
-            app.wait_ready()
+        env = platform_env(standin_workspace, MLFLOW_APP_EXPERIMENT_FOLDER=THEIR_FOLDER)
+        with running_databricks_app(tmp_path_factory.mktemp("grants-app"), env) as app:
             yield app
-        finally:
-            app.stop()
 
 
 def test_health_warns_of_missing_grants_and_stays_200(app_missing_grants, standin_workspace):

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from tests.app_process import AppProcess
-from tests.e2e.conftest import platform_env
+from tests.e2e.conftest import platform_env, running_databricks_app
 from tests.standin.cloud_storage import CustomerAzure, CustomerGcs, CustomerS3, S3Server, model_files_branch
 
 pytestmark = pytest.mark.e2e
@@ -103,7 +103,7 @@ def check_round_trip(app: AppProcess, client, iris, name: str, stored: dict[str,
 
 @pytest.mark.parametrize("branch", ["files_api", "presigned_urls"])
 def test_register_and_load_on_each_branch_of_the_flag(branch, databricks_app, standin_workspace, iris, tmp_path):
-    name = f"main.default.iris_{branch}"
+    name = f"main.model_files_e2e.iris_{branch}"  # a schema of its own: test_databricks_models.py lists main.default
     uses_sdk_repository = branch == "files_api"
     with model_files_branch(standin_workspace.unity_catalog, sdk_repository=uses_sdk_repository), through(databricks_app) as client:
         mark = len(standin_workspace.requests)
@@ -150,14 +150,9 @@ def s3_server(tmp_path_factory):
 def s3_app(tmp_path_factory, standin_workspace, s3_server) -> AppProcess:
     """A second app against the same stand-in, reaching the customer's bucket at the local S3 server
     (MLflow's S3 code reads MLFLOW_S3_ENDPOINT_URL; on a workspace boto3 finds AWS itself)."""
-    app = AppProcess(tmp_path_factory.mktemp("databricks-app-s3"), "--host", "127.0.0.1")
-    app.env = platform_env(standin_workspace, MLFLOW_S3_ENDPOINT_URL=s3_server.url, AWS_EC2_METADATA_DISABLED="true")
-    app.start()
-    try:
-        app.wait_ready()
+    env = platform_env(standin_workspace, MLFLOW_S3_ENDPOINT_URL=s3_server.url, AWS_EC2_METADATA_DISABLED="true")
+    with running_databricks_app(tmp_path_factory.mktemp("databricks-app-s3"), env) as app:
         yield app
-    finally:
-        app.stop()
 
 
 def test_customer_s3_storage_through_boto3(s3_app, s3_server, standin_workspace, iris, tmp_path):

@@ -57,12 +57,9 @@ def as_user(workspace):
 
 @pytest.fixture
 def enforced(workspace):
-    """Grants enforced for one test, open again after it (the stand-in is shared)."""
-    workspace.grants.enforce()
-    try:
-        yield workspace.grants
-    finally:
-        workspace.grants.enforce(False)
+    """Grants enforced for one test; what it granted is undone after it (the stand-in is shared)."""
+    with workspace.grants.restored_after() as grants:
+        yield grants.enforce()
 
 
 def unique(prefix: str) -> str:

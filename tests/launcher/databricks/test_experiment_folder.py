@@ -21,11 +21,9 @@ def unique(prefix: str) -> str:
 
 @pytest.fixture
 def enforced(workspace):
-    workspace.grants.enforce()
-    try:
-        yield workspace.grants
-    finally:
-        workspace.grants.enforce(False)
+    """Grants enforced for one test; what it granted is undone after it (the stand-in is shared)."""
+    with workspace.grants.restored_after() as grants:
+        yield grants.enforce()
 
 
 def test_a_missing_folder_is_made_with_its_parents(workspace, signed_in):
