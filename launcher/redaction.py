@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import configparser
 import os
 import re
+from pathlib import Path
 
 # Environment variables whose values are credentials wherever they appear.
 SECRET_ENV_VARS = (
@@ -15,11 +17,16 @@ SECRET_ENV_VARS = (
     "MLFLOW_APP_AUTH_TOKEN",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",  # the session token's older name, which boto3 still reads
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",  # ECS tasks and EKS Pod Identity: the credential endpoint's token
     "AZURE_STORAGE_ACCESS_KEY",
     "AZURE_STORAGE_CONNECTION_STRING",
     "AZURE_CLIENT_SECRET",
     "PGPASSWORD",
 )
+# Keys of the AWS shared credentials and config files whose values are credentials: boto3 reads
+# them there when the environment holds none (the AWS credential chain, e.g. a mounted Secret).
+AWS_FILE_SECRET_KEYS = ("aws_secret_access_key", "aws_session_token", "aws_security_token")
 MASK = "***"
 # Every pattern runs on each log line on the event loop, and clients choose much of that text (a
 # 64 KiB query string): each is linear in the line's length. Hence a scheme only where a word
@@ -39,6 +46,23 @@ def _mask_query_values(match: re.Match) -> str:
     return f"{match['target']}?{'&'.join(items)}"
 
 
+def aws_file_secrets(environ: dict[str, str]) -> list[str]:
+    """The secret values in the AWS shared credentials and config files boto3 would read (where
+    AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE say, else ~/.aws/); none if absent or unreadable."""
+    home = environ.get("HOME")
+    defaults = (f"{home}/.aws/credentials", f"{home}/.aws/config") if home else (None, None)
+    paths = (environ.get("AWS_SHARED_CREDENTIALS_FILE") or defaults[0], environ.get("AWS_CONFIG_FILE") or defaults[1])
+    found = []
+    for path in filter(None, paths):
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(Path(path).expanduser(), encoding="utf-8")
+        except (OSError, UnicodeDecodeError, configparser.Error):
+            continue  # boto3 reports a broken file itself; masking stays on the other sources
+        found += [value for section in parser.sections() for key in AWS_FILE_SECRET_KEYS if (value := parser.get(section, key, fallback=""))]
+    return found
+
+
 class Redactor:
     """Masks known secret values, passwords inside URIs, bearer tokens and request-line query values."""
 
@@ -50,7 +74,8 @@ class Redactor:
     def from_environment(cls, environ: dict[str, str] | None = None, also: tuple[str | None, ...] = ()) -> Redactor:
         """Masks the values of SECRET_ENV_VARS, plus `also` (secrets given as flags, not variables)."""
         environ = os.environ if environ is None else environ
-        return cls([*(environ[name] for name in SECRET_ENV_VARS if environ.get(name)), *(s for s in also if s)])
+        from_files = aws_file_secrets(environ)
+        return cls([*(environ[name] for name in SECRET_ENV_VARS if environ.get(name)), *from_files, *(s for s in also if s)])
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:

@@ -119,6 +119,25 @@ def check_database_driver(option: str, uri: str | None) -> None:
         )
 
 
+# Object stores whose SDK is an optional extra of ours: scheme -> (the module MLflow imports, the extra).
+OBJECT_STORE_SDKS = {"s3": ("boto3", "s3")}
+
+
+def check_object_store_sdk(option: str, uri: str | None) -> None:
+    """An s3:// artifact location needs boto3 in this environment (the optional `s3` extra): the
+    MLflow child would otherwise fail on the first artifact with a traceback."""
+    if uri is None:
+        return
+    scheme = uri_scheme(uri)
+    if scheme not in OBJECT_STORE_SDKS:
+        return
+    module, extra = OBJECT_STORE_SDKS[scheme]
+    if importlib.util.find_spec(module) is None:
+        raise SettingsError(
+            f"{option}: {scheme}:// needs the '{module}' package, which is not installed; install mlflow-app with its {extra} extra (uv sync --extra {extra}, or pip install 'mlflow-app[{extra}]')."
+        )
+
+
 def uri_password(uri: str | None) -> str | None:
     """The password in a URI's user part, as written (percent-encoded); None if none or unparsable."""
     try:
@@ -214,6 +233,9 @@ def validate(settings: Settings) -> None:
     check_experiment_folder(settings.experiment_folder)
     check_database_driver("--backend-store-uri", settings.backend_store_uri)
     check_database_driver("--registry-store-uri", settings.registry_store_uri)
+    check_object_store_sdk("--default-artifact-root", settings.default_artifact_root)
+    if settings.serve_artifacts:
+        check_object_store_sdk("--artifacts-destination", settings.artifacts_destination)
     if settings.uses_data_dir:
         check_data_dir(settings.data_dir)
     check_ui_dir(settings.effective_ui_dir)
