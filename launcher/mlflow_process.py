@@ -36,6 +36,7 @@ _LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\b")
 _CONTINUATION = re.compile(r"^(\s|Traceback \(|During handling of|The above exception|[\w.]+(Error|Exception|Warning)\b)")
 PR_SET_PDEATHSIG = 1
 SOCKET_NAME = "mlflow.sock"
+SPARE_SOCKET_NAME = "mlflow-b.sock"  # a replacement's while the child at SOCKET_NAME still serves, and the other way round
 MAX_SOCKET_PATH_BYTES = 107  # sun_path holds 108 bytes on Linux, the last one the terminating NUL
 
 
@@ -77,7 +78,7 @@ def child_address(settings: Settings, private_dir: Path | None, free_port: Calla
             log.info("MLflow on loopback TCP rather than a Unix socket: its job runner (--job-execution) calls the server over HTTP")
         elif private_dir is None or not is_private_directory(private_dir):
             log.warning("MLflow on loopback TCP rather than a Unix socket: %s is not a directory only we can open", private_dir)
-        elif len(os.fsencode(private_dir / SOCKET_NAME)) > MAX_SOCKET_PATH_BYTES:
+        elif len(os.fsencode(private_dir / SPARE_SOCKET_NAME)) > MAX_SOCKET_PATH_BYTES:  # the longer of the two
             log.warning(
                 "MLflow on loopback TCP rather than a Unix socket: a socket in %s would pass the %d-byte limit of its path; "
                 "set TMPDIR to a shorter directory", private_dir, MAX_SOCKET_PATH_BYTES,
@@ -85,6 +86,15 @@ def child_address(settings: Settings, private_dir: Path | None, free_port: Calla
         else:
             return ChildAddress(unix_socket=str(private_dir / SOCKET_NAME))
     return ChildAddress(port=settings.mlflow_port or free_port())
+
+
+def address_beside(serving: ChildAddress, free_port: Callable[[], int]) -> ChildAddress:
+    """Where a replacement listens while the child at `serving` still does: the other socket name
+    in the same private directory, or another free loopback port."""
+    if serving.unix_socket:
+        path = Path(serving.unix_socket)
+        return ChildAddress(unix_socket=str(path.with_name(SPARE_SOCKET_NAME if path.name == SOCKET_NAME else SOCKET_NAME)))
+    return ChildAddress(port=free_port())
 
 
 def runs_in_one_process(settings: Settings) -> bool:
@@ -107,6 +117,8 @@ def mlflow_command(settings: Settings, port: int | None, unix_socket: str | None
     address = ["--uds", unix_socket] if unix_socket else ["--host", "127.0.0.1", "--port", str(port)]
     options = [*address, "--workers", str(settings.workers)]
     options += ["--serve-artifacts"] if settings.serve_artifacts else ["--no-serve-artifacts"]
+    if settings.static_prefix:  # MLflow's routes, redirects and self-made URLs then match the public paths
+        options += ["--static-prefix", settings.static_prefix]
     options += child_app_arguments(settings)
     if runs_in_one_process(settings):
         return [sys.executable, "-m", "launcher.inside_mlflow.serve_mlflow", *options]
@@ -197,10 +209,11 @@ def level_of(line: str, previous: int = logging.INFO) -> int:
 class MlflowProcess:
     """One run of the MLflow server, in its own process group so it can be stopped as a whole."""
 
-    def __init__(self, command: list[str], env: dict[str, str], base_url: str, on_output: Callable[[str], None], unix_socket: str | None = None):
+    def __init__(self, command: list[str], env: dict[str, str], base_url: str, on_output: Callable[[str], None], unix_socket: str | None = None, static_prefix: str | None = None):
         self.command = command
         self.env = env
         self.base_url = base_url
+        self.health_url = f"{base_url}{static_prefix or ''}/health"  # with --static-prefix, MLflow's own is under it too
         self.unix_socket = unix_socket  # when set, MLflow listens here and base_url only names its Host
         self.on_output = on_output
         self.process: asyncio.subprocess.Process | None = None
@@ -246,7 +259,7 @@ class MlflowProcess:
     async def answers_health(self, client: httpx.AsyncClient) -> bool:
         """Whether MLflow's own `/health` answers 200 within the client's timeout."""
         try:
-            return (await client.get(f"{self.base_url}/health")).status_code == 200
+            return (await client.get(self.health_url)).status_code == 200
         except httpx.HTTPError:
             return False  # not listening yet, or too slow
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import os
+import re
 from dataclasses import field, make_dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -184,6 +185,23 @@ def check_experiment_folder(folder: str | None) -> None:
         )
 
 
+# Unreserved URL characters only (RFC 3986 §2.3): a prefix then reads the same percent-encoded or
+# not, so the front can compare it with the raw request path and MLflow with the decoded one.
+_PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
+
+
+def check_static_prefix(prefix: str | None) -> None:
+    """A path prefix such as `/mlflow` or `/team/mlflow`: leading slash, no trailing one, plain segments."""
+    if prefix is None:
+        return
+    segments = prefix.split("/")
+    if not prefix.startswith("/") or any(not _PREFIX_SEGMENT.fullmatch(s) or s in (".", "..") for s in segments[1:]):
+        raise SettingsError(
+            f"--static-prefix: '{prefix}' is not a path prefix; use one such as /mlflow or /team/mlflow (a leading '/', no trailing '/', "
+            "segments of letters, digits and '-._~', no '.' or '..'), or leave it unset to serve at the root."
+        )
+
+
 MIN_AUTH_TOKEN_LENGTH = 16
 
 
@@ -231,6 +249,7 @@ def validate(settings: Settings) -> None:
     check_scheme("--default-artifact-root", settings.default_artifact_root, ARTIFACT_SCHEMES)
     check_scheme("--artifacts-destination", settings.artifacts_destination, ARTIFACT_SCHEMES)
     check_experiment_folder(settings.experiment_folder)
+    check_static_prefix(settings.static_prefix)
     check_database_driver("--backend-store-uri", settings.backend_store_uri)
     check_database_driver("--registry-store-uri", settings.registry_store_uri)
     check_object_store_sdk("--default-artifact-root", settings.default_artifact_root)

@@ -35,6 +35,22 @@ def split_list(value: str | None) -> tuple[str, ...]:
     return tuple(item.strip() for item in (value or "").split(",") if item.strip())
 
 
+class ByteSize(click.ParamType):
+    """A size in bytes: `2147483648`, `2GiB`, `512MiB`, `1.5G` (G, M, K count as GiB, MiB, KiB)."""
+
+    name = "size"
+    UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+        unit = match and self.UNITS.get(match.group(2).lower())
+        if not unit or float(match.group(1)) * unit < 1:
+            self.fail(f"'{value}' is not a size; give bytes, or a number with KiB, MiB or GiB (e.g. 2GiB).", param, ctx)
+        return int(float(match.group(1)) * unit)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting: where it comes from, what it may be, what it is for."""
@@ -125,6 +141,11 @@ SERVE_SETTINGS: tuple[Setting, ...] = (
             help="Address the front listens on. MLflow itself listens on 127.0.0.1 or a private Unix socket only."),
     Setting("port", "--port", ("MLFLOW_PORT", "DATABRICKS_APP_PORT"), int, 8000, shown="`$DATABRICKS_APP_PORT`, else `8000`",
             help="Port the front listens on: the one port users, clients and monitoring reach."),
+    Setting("static_prefix", "--static-prefix", ("MLFLOW_STATIC_PREFIX",), str | None, None, metavar="PATH",
+            help="Serve everything under this path, for a reverse proxy that routes a path such as `/mlflow` to the server: the UI "
+                 "at `/mlflow/`, the API at `/mlflow/api/…`, `/mlflow/health`, `/mlflow/metrics`; clients use "
+                 "`MLFLOW_TRACKING_URI=http://host/mlflow`. Starts with `/`, no trailing slash, segments of letters, digits and "
+                 "`-._~`. Other paths answer 404, except `/health` for probes. See [docs/self-hosted.md](docs/self-hosted.md#behind-a-reverse-proxy-under-a-path)."),
     Setting("backend_store_uri", "--backend-store-uri", ("MLFLOW_BACKEND_STORE_URI",), str | None, None, on_apps="databricks", metavar="URI",
             shown="an embedded SQLite database in `--data-dir`; `databricks` on Databricks Apps",
             help="Where MLflow keeps experiments and runs: `sqlite:///…`, `postgresql://…`, `mysql://…`, `file:/…`, or "
@@ -187,6 +208,11 @@ SERVE_SETTINGS: tuple[Setting, ...] = (
             help="Seconds between health checks of a running MLflow (each allowed min(5, this) seconds)."),
     Setting("mlflow_probe_failures", "--mlflow-probe-failures", ("MLFLOW_APP_MLFLOW_PROBE_FAILURES",), int, 3,
             help="Failed checks in a row after which MLflow counts as hung and is replaced."),
+    Setting("mlflow_max_memory", "--mlflow-max-memory", ("MLFLOW_APP_MLFLOW_MAX_MEMORY",), int | None, None, click_type=ByteSize(), metavar="SIZE",
+            shown="off",
+            help="Resident memory of MLflow's whole process tree (e.g. `2GiB`) above which a new MLflow is started beside it and "
+                 "takes over once ready, without failing a request; checked every `--mlflow-probe-interval`. See "
+                 "[docs/self-hosted.md](docs/self-hosted.md#reload-and-memory-ceiling)."),
     Setting("client_idle_timeout", "--client-idle-timeout", ("MLFLOW_APP_CLIENT_IDLE_TIMEOUT",), float, 60.0, click_type=click.FloatRange(min=0, min_open=True),
             help="Seconds a client may leave a request body unsent, or an answer unread, before the front cuts it off (408 in MLflow's "
                  "shape if nothing was answered yet) and frees its connection to MLflow."),

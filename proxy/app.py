@@ -35,6 +35,7 @@ from proxy.health import health_response
 from proxy.observation.metrics import FrontMetrics
 from proxy.observation.observer import RequestObserver
 from proxy.startup_warnings import StartupWarnings
+from proxy.sub_path import SubPath
 from proxy.upstream import UpstreamState
 
 log = logging.getLogger("mlflow_app.front")
@@ -65,6 +66,9 @@ class FrontConfig:
     public_scheme: str | None = None
     # Upstream connections one client address may hold at once; beyond it, 429.
     max_upstream_per_client: int = DEFAULT_MAX_PER_CLIENT
+    # The sub-path everything is served under (`/mlflow`, checked by the launcher), "" at the root.
+    # MLflow runs with the same --static-prefix, so paths are forwarded as they came.
+    static_prefix: str = ""
 
 
 def create_app(config: FrontConfig, state: UpstreamState, assets: UiAssets, metrics: FrontMetrics | None = None, warnings: StartupWarnings | None = None) -> Front:
@@ -84,10 +88,17 @@ class Front:
         self.public_scheme = config.public_scheme.encode() if config.public_scheme else None
         self.metrics = metrics
         metrics.watch_pool(self.upstream.load)
-        self.observer = RequestObserver(metrics)
+        self.observer = RequestObserver(metrics, config.static_prefix)
         self.verdicts = RememberedVerdicts(config.edge_policy)
-        self.token = TokenCheck(config.auth_token) if config.auth_token else None
         self.own = own_endpoints(config, state, assets, metrics, self.upstream, warnings)
+        prefix = config.static_prefix
+        # The front's own paths under the prefix; /health also at the root, for probes that reach the
+        # app directly (container, systemd, load balancer), not through the proxy's path.
+        self.own_paths = frozenset(prefix + path for path in OWN_PATHS) | UNGUARDED_PATHS
+        self.unguarded_paths = frozenset(prefix + path for path in UNGUARDED_PATHS) | UNGUARDED_PATHS
+        self.static_files = prefix + STATIC_FILES
+        self.prefix = SubPath(prefix) if prefix else None
+        self.token = TokenCheck(config.auth_token, self.unguarded_paths) if config.auth_token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,7 +122,7 @@ class Front:
 
     async def dispatch(self, exchange: Exchange, receive: Receive, send: Send) -> None:
         path = exchange.path
-        if path not in UNGUARDED_PATHS:
+        if path not in self.unguarded_paths:
             if exchange.count(b"host") > 1:  # RFC 9112 §3.2: the front and MLflow might each read another
                 await exchange.refuse(send, 400, "The request has more than one Host header.")
                 return
@@ -126,10 +137,13 @@ class Front:
         if self.token is not None and not self.token.admits(exchange):
             await exchange.refuse(send, 401, UNAUTHENTICATED_MESSAGE, [CHALLENGE])
             return
-        if path in OWN_PATHS or path.startswith(STATIC_FILES):
+        if path in self.own_paths or path.startswith(self.static_files):
             scope = exchange.scope
             scope["state"] = {"authenticated": exchange.authenticated, "request_id": exchange.request_id}
             await self.own(scope, receive, exchange.counting(send))
+            return
+        if self.prefix is not None and not path.startswith(self.prefix.inside):
+            await self.prefix.answer_outside(exchange, send)
             return
         method = exchange.method
         if method not in ALL_METHODS:
@@ -187,13 +201,15 @@ def own_endpoints(config: FrontConfig, state: UpstreamState, assets: UiAssets, m
     async def static_file(request: Request) -> Response:
         return ui_headers(await assets.response(request.path_params["path"], request.headers, request.method))
 
+    prefix = config.static_prefix
     # Plain Starlette routing: FastAPI's request handling (and pydantic, ~20 MiB) bought nothing here.
     return Starlette(
         routes=[
-            Route("/health", health, methods=["GET"]),
-            Route("/metrics", metrics_endpoint, methods=["GET", "HEAD"]),
-            Route("/", index, methods=sorted(ALL_METHODS)),
-            Route("/static-files/{path:path}", static_file, methods=sorted(ALL_METHODS)),
+            Route(f"{prefix}/health", health, methods=["GET"]),
+            Route(f"{prefix}/metrics", metrics_endpoint, methods=["GET", "HEAD"]),
+            Route(f"{prefix}/", index, methods=sorted(ALL_METHODS)),
+            Route(f"{prefix}/static-files/{{path:path}}", static_file, methods=sorted(ALL_METHODS)),
+            *([Route("/health", health, methods=["GET"])] if prefix else []),  # probes at the root as well
         ],
         exception_handlers={Exception: unexpected_error, HTTPException: routing_error},
         lifespan=lifespan,

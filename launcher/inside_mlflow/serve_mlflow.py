@@ -79,6 +79,8 @@ SERVER_ENV_NAMES = {
     "_MLFLOW_IN_JOB_EXECUTOR": "_MLFLOW_IN_JOB_EXECUTOR",
     "_MLFLOW_SGI_NAME": "_MLFLOW_SGI_NAME",
 }
+# mlflow.server.handlers.STATIC_PREFIX_ENV_VAR, where `_run_server` puts --static-prefix (checked in MlflowServer.load).
+STATIC_PREFIX_ENV_NAME = "_MLFLOW_STATIC_PREFIX"
 
 
 def installed_mlflow_version() -> str | None:
@@ -107,6 +109,7 @@ def parse_arguments(argv: list[str], environ: Mapping[str, str] | None = None) -
     for option, name in STORE_ENV.items():
         parser.add_argument(f"--{option.replace('_', '-')}", default=environ.get(name) or None, help=f"default: ${name}")
     parser.add_argument("--serve-artifacts", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--static-prefix")
     parser.add_argument("--app-name")
     return parser.parse_args(argv)
 
@@ -163,6 +166,8 @@ def mlflow_server_command(options: argparse.Namespace) -> list[str]:
     if options.workers:
         command += ["--workers", str(options.workers)]
     command += ["--serve-artifacts"] if options.serve_artifacts else ["--no-serve-artifacts"]
+    if options.static_prefix:
+        command += ["--static-prefix", options.static_prefix]
     if options.app_name:
         command += ["--app-name", options.app_name]
     return command
@@ -186,6 +191,8 @@ def server_environment(options: argparse.Namespace, default_artifact_root: str, 
     }
     if options.serve_artifacts:
         env[names["SERVE_ARTIFACTS_ENV_VAR"]] = "true"
+    if options.static_prefix:  # read by mlflow.server.handlers when its routes are declared, at import
+        env[STATIC_PREFIX_ENV_NAME] = options.static_prefix
     return env
 
 
@@ -215,6 +222,8 @@ class MlflowServer:
             found = getattr(constants, attribute, None) or getattr(getattr(env_vars, attribute, None), "name", None)
             if found != name:
                 raise RuntimeError(f"MLflow's {attribute} is {found!r}, not {name!r}: this MLflow is not one launcher/inside_mlflow/serve_mlflow.py mirrors")
+        if getattr(handlers, "STATIC_PREFIX_ENV_VAR", None) != STATIC_PREFIX_ENV_NAME:
+            raise RuntimeError(f"MLflow's STATIC_PREFIX_ENV_VAR is not {STATIC_PREFIX_ENV_NAME!r}: this MLflow is not one launcher/inside_mlflow/serve_mlflow.py mirrors")
         try:
             return cls(
                 initialize_backend_stores=handlers.initialize_backend_stores,

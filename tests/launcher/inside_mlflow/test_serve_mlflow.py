@@ -129,7 +129,7 @@ def test_stores_are_read_from_the_environment_unless_given():
 def test_both_commands_carry_every_option(tmp_path, workers):
     settings = Settings(
         data_dir=tmp_path, workers=workers, registry_store_uri="sqlite:///r.db", default_artifact_root="s3://b/root",
-        artifacts_destination="s3://b/served",
+        artifacts_destination="s3://b/served", static_prefix="/mlflow",
     )  # fmt: skip
     command = mlflow_command(settings, 5123)
     program = ["-m", "launcher.inside_mlflow.serve_mlflow"] if workers == 1 else ["-m", "mlflow", "server"]
@@ -138,6 +138,7 @@ def test_both_commands_carry_every_option(tmp_path, workers):
     assert (parsed.host, parsed.port, parsed.workers, parsed.backend_store_uri) == ("127.0.0.1", 5123, workers, settings.effective_backend_store_uri)
     assert (parsed.registry_store_uri, parsed.default_artifact_root, parsed.artifacts_destination) == ("sqlite:///r.db", "s3://b/root", "s3://b/served")
     assert parsed.serve_artifacts is True
+    assert parsed.static_prefix == "/mlflow"
     if workers > 1:
         assert mlflow_server_command(parsed) == command
 
@@ -186,6 +187,7 @@ print(json.dumps({
         {},  # the embedded default: SQLite, artifacts served from the data directory
         {"serve_artifacts": False, "registry_store_uri": "sqlite:///{tmp}/registry.db"},
         {"default_artifact_root": "s3://bucket/root", "artifacts_destination": "s3://bucket/served"},
+        {"static_prefix": "/team/mlflow"},  # MLflow's routes under a sub-path
     ],
 )
 def test_the_server_is_set_up_as_mlflow_servers_cli_sets_it_up(tmp_path, settings):
