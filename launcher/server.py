@@ -9,6 +9,7 @@ import signal
 import socket
 import tempfile
 import threading
+from functools import partial
 from pathlib import Path
 
 import uvicorn
@@ -20,10 +21,11 @@ from launcher.databricks.experiment_folder import prepare_experiment_folder
 from launcher.databricks.grants_check import report_grants
 from launcher.databricks.sign_in import check_workspace
 from launcher.logs import configure_logging
-from launcher.mlflow_process import ChildAddress, MlflowProcess, child_address, mlflow_command, mlflow_environment
+from launcher.mlflow_package import mlflow_version
+from launcher.mlflow_process import ChildAddress, MlflowProcess, address_beside, child_address, mlflow_command, mlflow_environment
 from launcher.redaction import Redactor
 from launcher.settings import Settings, SettingsError, on_databricks_apps
-from launcher.supervisor import LivenessProbe, Supervisor
+from launcher.supervisor import LivenessProbe, Replacement, Supervisor
 from proxy.app import FrontConfig, create_app
 from proxy.assets import UiAssets, UiAssetsMissing
 from proxy.edge.http_protocol import BoundedHttpToolsProtocol
@@ -86,6 +88,16 @@ def run_server(settings: Settings) -> None:
         runner.run(run_front_and_mlflow(settings, front_socket, address, assets, redact, Path(private)))
 
 
+def why_not_beside(settings: Settings, version_at_start: str | None) -> str | None:
+    """Why a replacement MLflow cannot start beside the serving one now; None when it can."""
+    if settings.mlflow_port:
+        return f"--mlflow-port fixes MLflow's port ({settings.mlflow_port}), which two MLflow servers cannot share"
+    installed = mlflow_version()
+    if installed != version_at_start:  # its schema may need a migration the serving MLflow cannot serve through
+        return f"the installed MLflow changed ({version_at_start} to {installed}) and may migrate the database"
+    return None
+
+
 def front_server_config(front, drain_seconds: float, settings: Settings | None = None) -> uvicorn.Config:
     """uvicorn as the front runs: httptools with bounds on the request head and on slow clients, no
     access log of its own."""
@@ -120,8 +132,16 @@ async def run_front_and_mlflow(
     env = mlflow_environment(settings, sdk_profile=sdk_profile, child_plugin=child_plugin)
     databases = postgres_store_uris(settings)
     warnings = StartupWarnings()  # e.g. grants the app lacks in its workspace, shown by /health
+
+    def process_at(where: ChildAddress, on_output) -> MlflowProcess:
+        where_command = command if where == address else mlflow_command(settings, where.port, where.unix_socket)
+        return MlflowProcess(where_command, env, where.base_url, on_output, where.unix_socket, settings.static_prefix)
+
+    def make_beside(on_output, serving: MlflowProcess) -> MlflowProcess:
+        return process_at(address_beside(ChildAddress(unix_socket=serving.unix_socket), free_loopback_port), on_output)
+
     supervisor = Supervisor(
-        lambda on_output: MlflowProcess(command, env, address.base_url, on_output, address.unix_socket),
+        lambda on_output: process_at(address, on_output),
         state,
         start_timeout=settings.mlflow_start_timeout,
         redact=redact,
@@ -131,6 +151,15 @@ async def run_front_and_mlflow(
             failures=settings.mlflow_probe_failures,
         ),
         before_start=DatabaseCheck(databases, env) if databases else None,  # reachable, schema migrated once
+        replacement=Replacement(
+            why_not_beside=partial(why_not_beside, settings, mlflow_version()),
+            make_beside=make_beside,
+            in_flight_at=lambda base_url, unix_socket: front.upstream.in_use_at(base_url, unix_socket),  # the front is built below
+            max_memory=settings.mlflow_max_memory,
+            memory_interval=settings.mlflow_probe_interval,
+            drain_seconds=settings.drain_seconds,
+            stop_grace=CHILD_STOP_GRACE_SECONDS,
+        ),
     )
     front = create_app(
         FrontConfig(
@@ -142,6 +171,7 @@ async def run_front_and_mlflow(
             trusted_proxies=settings.effective_forwarded_allow_ips,
             public_scheme="https" if on_databricks_apps() else None,  # TLS ends at the platform's proxy
             max_upstream_per_client=settings.max_upstream_per_client,
+            static_prefix=settings.static_prefix or "",
         ),
         state,
         assets,
@@ -152,6 +182,7 @@ async def run_front_and_mlflow(
     # return, so the child is stopped below instead of the process dying with it still running.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, supervisor.reload)  # a new MLflow beside the old one
     serving = asyncio.create_task(server.serve(sockets=[front_socket]))
     supervision: asyncio.Task | None = None
     try:

@@ -22,6 +22,8 @@ def health_response(state: UpstreamState, with_output: bool = True, load: PoolLo
         "restarts": state.restarts,
         "uptime_seconds": round(state.uptime_seconds(), 1),
     }
+    if state.replacing:  # a new MLflow is starting beside the serving one; requests keep being served
+        mlflow["replacing"] = state.replacing
     if state.last_exit_code is not None:
         mlflow["last_exit_code"] = state.last_exit_code
         if with_output:  # it may name the database's host and user

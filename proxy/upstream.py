@@ -34,6 +34,11 @@ class UpstreamState:
     last_exit_reason: str | None = None
     failed_starts: int = 0  # consecutive starts that never became ready
     last_error_lines: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+    replacing: str | None = None  # why a new child is being started beside the serving one, while it is
+    replacements: dict[str, int] = field(default_factory=dict)  # children replaced beside the old one, by reason
+    memory_bytes: int | None = None  # resident memory of the child's whole process tree, last measured
+
+    REPLACEMENT_REASONS = ("reload", "memory", "liveness")
 
     CRASH_LOOP_AFTER = 3
 
@@ -53,6 +58,12 @@ class UpstreamState:
     def mark(self, phase: UpstreamPhase) -> None:
         self.phase = phase
         self.ready_since = None
+
+    def point_at(self, base_url: str, unix_socket: str | None) -> None:
+        """Send new requests to another child. Both fields change between two awaits of the event
+        loop the front runs on, so no request sees one without the other."""
+        self.base_url = base_url
+        self.unix_socket = unix_socket
 
     def uptime_seconds(self) -> float:
         return 0.0 if self.ready_since is None else time.monotonic() - self.ready_since

@@ -58,7 +58,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.reused = False
-        self.opened_for: tuple[str, str | None] | None = None  # the upstream address it was opened to
+        self.opened_for: AddressTally | None = None  # the child it was opened to
         self.idle_since = 0.0
         self._write_paused = False
         self._drained: asyncio.Future | None = None
@@ -282,8 +282,22 @@ class PoolLoad(NamedTuple):
         return self.waiting > 0 and self.in_use >= self.limit
 
 
+class AddressTally:
+    """One child's address (`base_url`, `unix_socket`) and the connections to it serving a request."""
+
+    __slots__ = ("where", "in_use")
+
+    def __init__(self, where: tuple[str, str | None]):
+        self.where = where
+        self.in_use = 0
+
+
 class UpstreamClient:
-    """Connections to the MLflow child, at `state.base_url` or over `state.unix_socket`."""
+    """Connections to the MLflow child, at `state.base_url` or over `state.unix_socket`.
+
+    When the launcher points `state` at a replacement child, new requests go there; a request
+    already holding a connection to the old child finishes on it, and that connection is closed
+    rather than pooled (`in_use_at` tells the launcher when none is left)."""
 
     def __init__(self, state, max_connections: int = MAX_CONNECTIONS):
         if max_connections < 1:
@@ -293,18 +307,29 @@ class UpstreamClient:
         self.max_connections = max_connections
         self._in_use = 0  # connections handed out and not yet released or discarded
         self._slot_waiters: deque[asyncio.Future] = deque()
-        self._address_of: tuple[str, str | None] | None = None
+        self._address_of: AddressTally | None = None
+        self._draining: list[AddressTally] = []  # earlier children's addresses with connections still in use
         self._address: tuple[str, int] = ("127.0.0.1", 0)
         self._host_header = b""
 
     def _refresh_address(self) -> None:
         where = (self.state.base_url, self.state.unix_socket)
-        if where != self._address_of:
+        current = self._address_of
+        if current is None or where != current.where:
             parts = urlsplit(where[0])
             self._address = (parts.hostname or "127.0.0.1", parts.port or 80)
             self._host_header = parts.netloc.encode("latin-1")
-            self._address_of = where
-            self.close_idle()  # a new child: the old one's connections are of no use
+            self._draining = [tally for tally in (*self._draining, current) if tally is not None and tally.in_use and tally.where != where]
+            self._address_of = AddressTally(where)
+            self.close_idle()  # a new child: the old one's idle connections are of no use
+
+    def in_use_at(self, base_url: str, unix_socket: str | None) -> int:
+        """Connections to the child at this address serving a request now (0 for one never used)."""
+        self._refresh_address()
+        for tally in (self._address_of, *self._draining):
+            if tally is not None and tally.where == (base_url, unix_socket):
+                return tally.in_use
+        return 0
 
     def host_header(self) -> bytes:
         """The Host MLflow is sent: its own address, which its Host check accepts."""
@@ -316,10 +341,14 @@ class UpstreamClient:
         self._refresh_address()
         if self._in_use >= self.max_connections:
             await self._wait_for_slot(timeout)
+            self._refresh_address()  # the child may have been replaced meanwhile
         self._in_use += 1
+        address = self._address_of
+        address.in_use += 1  # counted from now, so the launcher does not stop a child being connected to
         try:
-            return self._take_idle() or await self._open()
+            return self._take_idle() or await self._open(address)
         except BaseException:
+            address.in_use -= 1
             self._release_slot()
             raise
 
@@ -336,7 +365,7 @@ class UpstreamClient:
                 connection.abort()
         return None
 
-    async def _open(self) -> UpstreamConnection:
+    async def _open(self, address: AddressTally) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         socket_path = self.state.unix_socket
         try:
@@ -349,18 +378,19 @@ class UpstreamClient:
             raise UpstreamTimeout() from None
         except OSError as exc:
             raise UpstreamUnreachable(str(exc)) from None
-        connection.opened_for = self._address_of
+        connection.opened_for = address
         return connection
 
     def release(self, connection: UpstreamConnection) -> None:
         """Back to the pool if the answer was read whole and MLflow keeps the connection open."""
         self._release_slot()
+        connection.opened_for.in_use -= 1
         self._refresh_address()
         if (
             connection.complete
             and connection.keep_alive
             and not connection.closed
-            and connection.opened_for == self._address_of  # not a connection to a child since replaced
+            and connection.opened_for is self._address_of  # not a connection to a child since replaced
             and len(self._idle) < MAX_IDLE_CONNECTIONS
         ):
             connection.idle_since = time.monotonic()
@@ -371,6 +401,7 @@ class UpstreamClient:
     def discard(self, connection: UpstreamConnection) -> None:
         """Close a connection whose exchange failed or was cut short."""
         self._release_slot()
+        connection.opened_for.in_use -= 1
         connection.abort()
 
     def _release_slot(self) -> None:

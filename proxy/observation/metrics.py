@@ -214,3 +214,17 @@ class UpstreamCollector(Collector):
             "Seconds since the MLflow child last became ready; 0 while it is not ready.",
             value=state.uptime_seconds(),
         )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_mlflow_memory_bytes",
+            "Resident memory of the serving MLflow child's whole process tree at its last measurement; 0 before the first.",
+            value=state.memory_bytes or 0,
+        )
+        replacements = CounterMetricFamily(
+            f"{PREFIX}_mlflow_replacements",
+            "MLflow children replaced by a new one started beside them, by reason (reload, memory, liveness).",
+            labels=["reason"],
+        )
+        for reason in state.REPLACEMENT_REASONS:
+            replacements.add_metric([reason], state.replacements.get(reason, 0))
+        yield replacements
+        yield GaugeMetricFamily(f"{PREFIX}_mlflow_replacing", "1 while a new MLflow child is starting beside the serving one, else 0.", value=int(state.replacing is not None))

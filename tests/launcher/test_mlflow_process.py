@@ -21,6 +21,7 @@ from launcher.inside_mlflow.serve_mlflow import CHILD_LOG_CONFIG
 from launcher.logs import CHILD_LOGGER
 from launcher.mlflow_process import (
     MAX_SOCKET_PATH_BYTES,
+    SPARE_SOCKET_NAME,
     ChildAddress,
     MlflowProcess,
     child_address,
@@ -219,12 +220,13 @@ def test_tcp_is_kept_where_something_needs_it(private_dir, caplog, settings, por
 
 
 def test_tcp_with_a_warning_when_the_socket_path_would_be_too_long(tmp_path, caplog):
-    name_length = MAX_SOCKET_PATH_BYTES + 2 - len(os.fsencode(tmp_path / "d" / "mlflow.sock"))  # one byte too many
+    # The longer of the two names a child's socket takes (the second for a replacement beside it) must fit.
+    name_length = MAX_SOCKET_PATH_BYTES + 2 - len(os.fsencode(tmp_path / "d" / SPARE_SOCKET_NAME))  # one byte too many
     if name_length < 2:
         pytest.skip(f"pytest's temporary directory {tmp_path} is itself too long for this test")
     deep = tmp_path / ("d" * name_length)
     deep.mkdir(mode=0o700)
-    assert len(os.fsencode(deep / "mlflow.sock")) == MAX_SOCKET_PATH_BYTES + 1
+    assert len(os.fsencode(deep / SPARE_SOCKET_NAME)) == MAX_SOCKET_PATH_BYTES + 1
     assert child_address(Settings(mlflow_unix_socket=True), deep, free_port=lambda: 5123) == ChildAddress(port=5123)
     assert any("107-byte limit" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
     # One byte shorter still fits.

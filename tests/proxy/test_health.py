@@ -154,3 +154,13 @@ def test_start_up_warnings_are_listed_without_changing_the_status():
     assert starting.status_code == 503 and body_of(starting)["warnings"] == list(warnings)
     # Like MLflow's output, they are for callers who may see it (they name the workspace's objects).
     assert "warnings" not in body_of(health_response(state_in(UpstreamPhase.READY), with_output=False, warnings=warnings))
+
+
+def test_a_replacement_in_progress_keeps_200_and_says_so():
+    state = state_in(UpstreamPhase.READY)
+    state.replacing = "memory"
+    response = health_response(state)
+    assert response.status_code == 200
+    assert body_of(response)["mlflow"]["replacing"] == "memory"
+    state.replacing = None
+    assert "replacing" not in body_of(health_response(state))["mlflow"]

@@ -155,3 +155,23 @@ async def test_a_connection_to_a_replaced_child_is_not_pooled_again():
         assert connection.closed  # finished, then closed rather than pooled
         assert (await get(client))[2] == b"ok"
     assert (old.connections, new.connections) == (1, 1)
+
+
+async def test_connections_to_a_replaced_child_are_counted_until_released():
+    old, new = ScriptedServer(OK, OK), ScriptedServer(OK)
+    async with old as client, new as replacement:
+        old_address = (client.state.base_url, client.state.unix_socket)
+        connection = await client.connect(2.0)  # a request in flight on the old child
+        assert client.in_use_at(*old_address) == 1
+        client.state.point_at(replacement.state.base_url, None)
+        assert client.in_use_at(*old_address) == 1  # still draining after the swap
+        assert client.in_use_at(replacement.state.base_url, None) == 0
+        assert (await get(client))[2] == b"ok"  # a new request goes to the new child
+        connection.expect(has_body=True)
+        connection.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        await connection.answer_head(2.0)
+        while await connection.read(2.0):
+            pass
+        client.release(connection)
+        assert client.in_use_at(*old_address) == 0 and connection.closed
+    assert (old.connections, new.connections) == (1, 1)

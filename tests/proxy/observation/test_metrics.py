@@ -359,3 +359,15 @@ def test_readme_documents_every_metric(busy_scrape):
     ours = {name for name in busy_scrape.families if name.startswith("mlflow_app_")}
     exported = {f"{name}_total" if busy_scrape.families[name].type == "counter" else name for name in ours}
     assert exported == documented
+
+
+def test_mlflows_memory_and_replacements_are_exported():
+    state = UpstreamState(base_url="http://127.0.0.1:9")
+    state.memory_bytes = 123456789
+    state.replacements["reload"] = 2
+    state.replacing = "memory"
+    text = FrontMetrics(state).exposition().decode()
+    assert "mlflow_app_mlflow_memory_bytes 1.23456789e+08" in text
+    assert 'mlflow_app_mlflow_replacements_total{reason="reload"} 2.0' in text
+    assert 'mlflow_app_mlflow_replacements_total{reason="memory"} 0.0' in text
+    assert "mlflow_app_mlflow_replacing 1.0" in text
