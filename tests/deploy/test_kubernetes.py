@@ -25,7 +25,7 @@ from kubernetes_validate.utils import latest_version
 
 from launcher.redaction import SECRET_ENV_VARS
 from launcher.server import CHILD_STOP_GRACE_SECONDS
-from launcher.settings_table import SERVE_SETTINGS
+from launcher.settings_table import SERVE_SETTINGS, ByteSize
 from proxy.edge.policy import EdgePolicy
 from tests.app_process import APP_COMMAND, AppProcess
 
@@ -309,3 +309,13 @@ def test_the_app_serves_and_stops_with_a_read_only_root_and_only_the_deployments
         server.kill_leftovers()
     assert "Read-only file system" not in server.log_text()
     assert (data / "mlflow.db").exists(), "the data directory (the Deployment's /data) holds the database"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_memory_limit_holds_a_second_mlflow_while_one_above_the_ceiling_is_replaced(shape):
+    objects = render(shape)
+    ceiling = ByteSize().convert(environment(objects)["MLFLOW_APP_MLFLOW_MAX_MEMORY"]["value"], None, None)
+    limit = container(objects)["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi"), "a quantity this test reads"
+    # A new MLflow with one worker takes about 0.5 GiB (README), the front about 0.1 GiB.
+    assert ceiling + 640 * 2**20 + 128 * 2**20 <= int(limit[:-2]) * 2**30
