@@ -17,11 +17,11 @@ ENV UV_COMPILE_BYTECODE=1 \
 WORKDIR /app
 # Dependencies first, in their own layer: rebuilt only when the lock changes.
 COPY pyproject.toml uv.lock README.md ./
-RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra postgres --no-install-project
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra postgres --extra s3 --no-install-project
 COPY launcher ./launcher
 COPY proxy ./proxy
 COPY deploy ./deploy
-RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra postgres --no-editable
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra postgres --extra s3 --no-editable
 
 # --- run: the environment only, as an unprivileged user -----------------------------------------
 FROM ${PYTHON_IMAGE}

@@ -109,7 +109,7 @@ def test_the_image_runs_the_server_as_pid_1_unprivileged_with_a_healthcheck(stag
     assert final.all("EXPOSE") == [final.env["MLFLOW_PORT"]]
     assert final.env["MLFLOW_HOST"] == "0.0.0.0"
     syncs = [run for run in build.all("RUN") if " uv sync " in f" {run} "]
-    assert syncs and all("--frozen" in run and "--no-dev" in run and "--extra postgres" in run for run in syncs)
+    assert syncs and all("--frozen" in run and "--no-dev" in run and "--extra postgres" in run and "--extra s3" in run for run in syncs)
     ignored = (PROJECT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and "mlflow-data" in ignored
 
@@ -155,6 +155,7 @@ def test_the_images_install_and_start_steps_work_outside_a_container(stages, tmp
     site_packages = next((venv / "lib").glob("python*/site-packages"))
     assert (site_packages / "launcher" / "healthcheck.py").is_file(), "the project is installed, not linked to the checkout"
     assert (site_packages / "psycopg").is_dir(), "the postgres extra is in the image"
+    assert (site_packages / "boto3").is_dir(), "the s3 extra is in the image (artifacts in S3, docs/kubernetes.md)"
     assert not (site_packages / "pytest").exists(), "no dev dependencies in the image"
 
     # Run: the image's ENV, then what `docker run -e ...` adds.
