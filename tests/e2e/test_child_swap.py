@@ -177,8 +177,13 @@ def report(measurement: dict, load: Load) -> None:
     print("swap-measurement", json.dumps(measurement))
 
 
-def test_a_sighup_reload_replaces_mlflow_without_failing_a_request(tmp_path, no_client_retries):
-    app = start_app(tmp_path / "app")
+@pytest.mark.parametrize(
+    "options",
+    [(), ("--workers", "2", "--no-mlflow-unix-socket")],
+    ids=["one-process-on-a-socket", "mlflow-server-with-workers-on-tcp"],
+)
+def test_a_sighup_reload_replaces_mlflow_without_failing_a_request(tmp_path, no_client_retries, options):
+    app = start_app(tmp_path / "app", *options)
     try:
         with Load(app.url, tmp_path) as load:
             load.wait_for_calls(60)

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from launcher.mlflow_process import MlflowProcess
+from launcher.mlflow_process import SOCKET_NAME, SPARE_SOCKET_NAME, ChildAddress, MlflowProcess, address_beside
 from launcher.process_memory import tree_pids, tree_resident_bytes
+from launcher.server import why_not_beside
+from launcher.settings import Settings
 from launcher.supervisor import Backoff, LivenessProbe, Replacement, Supervisor
 from proxy.upstream import UpstreamPhase, UpstreamState
 from tests.app_process import free_port
@@ -260,3 +262,23 @@ async def test_a_trees_memory_counts_its_children_and_grandchildren():
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
+
+
+# --- where a replacement listens, and when it cannot start beside -------------------------------
+
+
+def test_a_replacement_takes_the_other_socket_name_or_another_port(tmp_path):
+    first = ChildAddress(unix_socket=str(tmp_path / SOCKET_NAME))
+    second = address_beside(first, free_port=lambda: 1 / 0)
+    assert second == ChildAddress(unix_socket=str(tmp_path / SPARE_SOCKET_NAME))
+    assert address_beside(second, free_port=lambda: 1 / 0) == first  # and back again on the next one
+    assert address_beside(ChildAddress(port=5000), free_port=lambda: 5001) == ChildAddress(port=5001)
+
+
+def test_a_fixed_mlflow_port_or_a_changed_mlflow_install_means_a_restart(monkeypatch):
+    import launcher.server
+
+    monkeypatch.setattr(launcher.server, "mlflow_version", lambda: "3.17.2")
+    assert why_not_beside(Settings(), "3.17.2") is None
+    assert "--mlflow-port" in why_not_beside(Settings(mlflow_port=5123), "3.17.2")
+    assert "changed (3.17.1 to 3.17.2)" in why_not_beside(Settings(), "3.17.1")
