@@ -258,11 +258,12 @@ class Supervisor:
             crashed = old.returncode is not None
             self._serve_from(new)
             self.state.replacements[reason] = self.state.replacements.get(reason, 0) + 1
-            if crashed or reason == "liveness":
-                self.state.restarts += 1
-                self.state.last_exit_reason = why
             log.info("MLflow replaced (%s): pid %s serves at %s; pid %s finishes what it holds", reason, new.pid, new.listens_at, old.pid)
             await self._drain_and_stop(old)
+            if crashed or reason == "liveness":  # it failed: a restart, whose exit /health reports
+                self.state.restarts += 1
+                self.state.last_exit_code = old.returncode
+                self.state.last_exit_reason = f"exited with code {old.returncode}" if crashed else why
             log.info("MLflow's replacement (%s) took %.1f s; the old MLflow (pid %s) is stopped", reason, time.monotonic() - started, old.pid)
             return new
         finally:
