@@ -348,11 +348,16 @@ def test_a_200_mib_artifact_goes_up_in_parts_and_comes_back_whole(replicas, s3, 
 def test_credentials_never_show_in_logs_health_or_metrics(replicas):
     """Run last in the module: the logs then hold every transfer above."""
     for replica in replicas:
+        # Errors from the bucket, as MLflow answers them: a missing key (MLflow says 500, mlflow/mlflow#24535).
+        missing = httpx.get(f"{replica.url}/api/2.0/mlflow-artifacts/artifacts/0/no-such-run/artifacts/missing.bin", timeout=60)
+        assert missing.status_code == 500 and "HeadObject" in missing.json()["message"], missing.text
         outputs = {
-            "log": replica.log_text(),
+            "an error": missing.text,
             "/health": httpx.get(f"{replica.url}/health", timeout=10).text,
             "/metrics": httpx.get(f"{replica.url}/metrics", timeout=10).text,
         }
+        replica.wait_until(lambda: "missing.bin" in replica.log_text(), 10, "the request line")
+        outputs["log"] = replica.log_text()
         assert "s3://mlflow-app-artifacts/team-a/mlflow" in outputs["log"], "the destination is logged (it holds no secret)"
         for where, text in outputs.items():
             for name, secret in SECRETS.items():
