@@ -259,7 +259,7 @@ class Supervisor:
             self._serve_from(new)
             self.state.replacements[reason] = self.state.replacements.get(reason, 0) + 1
             log.info("MLflow replaced (%s): pid %s serves at %s; pid %s finishes what it holds", reason, new.pid, new.listens_at, old.pid)
-            await self._drain_and_stop(old)
+            await self._drain_and_stop(old, new)
             if crashed or reason == "liveness":  # it failed: a restart, whose exit /health reports
                 self.state.restarts += 1
                 self.state.last_exit_code = old.returncode
@@ -307,18 +307,19 @@ class Supervisor:
             if not serving and new.process is not None:
                 await new.stop(grace_seconds=2)  # its whole group, even when it has exited
 
-    async def _drain_and_stop(self, old: MlflowProcess) -> None:
-        """Let `old` finish the requests the front sent it (up to the drain time), then stop its whole tree."""
+    async def _drain_and_stop(self, old: MlflowProcess, new: MlflowProcess) -> None:
+        """Let `old` finish the requests the front sent it (up to the drain time), then stop its whole
+        tree; at once if `new` exits meanwhile, so that its restart need not wait for the drain."""
         self.others.add(old)
         try:
             policy = self.replacement
             deadline = time.monotonic() + policy.drain_seconds
-            while old.returncode is None and time.monotonic() < deadline and not self._stopping.is_set():
+            while old.returncode is None and new.returncode is None and time.monotonic() < deadline and not self._stopping.is_set():
                 if policy.in_flight_at(old.base_url, old.unix_socket) == 0:
                     break
                 await asyncio.sleep(0.05)
             else:
-                if old.returncode is None and not self._stopping.is_set():
+                if old.returncode is None and new.returncode is None and not self._stopping.is_set():
                     left = policy.in_flight_at(old.base_url, old.unix_socket)
                     log.warning("the old MLflow (pid %s) still serves %d requests after %.0f s; they are cut", old.pid, left, policy.drain_seconds)
             await old.stop(policy.stop_grace)

@@ -152,6 +152,19 @@ async def test_the_drain_is_bounded(replace):
     assert state.pid == children.made[1].pid and state.ready
 
 
+async def test_a_replacement_that_dies_while_the_old_one_drains_is_restarted_without_waiting_for_the_drain(replace):
+    supervisor, children, run = replace(drain_seconds=60)
+    state = children.state
+    await eventually(lambda: state.ready, what="READY")
+    old = children.made[0]
+    children.in_flight[old.base_url] = 1  # the old child would drain for a minute
+    supervisor.reload()
+    await eventually(lambda: state.replacements.get("reload") == 1, what="the swap")
+    os.kill(children.made[1].pid, signal.SIGKILL)
+    await eventually(lambda: is_gone(old.pid) and state.restarts == 1, timeout=5, what="the drain cut short and a restart")
+    await eventually(lambda: state.ready and len(children.made) == 3, what="READY again")
+
+
 async def test_a_child_above_the_memory_ceiling_is_replaced_and_its_memory_published(replace):
     supervisor, children, run = replace(max_memory=10_000)
     state = children.state
