@@ -218,12 +218,21 @@ class Supervisor:
     async def _until_too_big(self, process: MlflowProcess) -> tuple[str, str]:
         """Measures the child's tree every `memory_interval` (for /metrics); returns once it passes the ceiling."""
         policy = self.replacement
+        ceiling = policy.max_memory
+        first = True
         while True:
             used = await asyncio.to_thread(policy.measure, process.pid) if process.pid else 0
             self.state.memory_bytes = used
-            ceiling = policy.max_memory
-            if ceiling is not None and used > ceiling and time.monotonic() >= self._memory_retry_at:
-                return "memory", f"uses {used / 2**20:.0f} MiB, above --mlflow-max-memory ({ceiling / 2**20:.0f} MiB)"
+            if ceiling is not None and used > ceiling:
+                if first:  # a new one would be as big: replacing it again and again would only cost CPU
+                    log.warning(
+                        "MLflow (pid %s) takes %.0f MiB as soon as it is ready, above --mlflow-max-memory (%.0f MiB); it is not replaced "
+                        "for its memory: raise the ceiling above what MLflow takes at start", process.pid, used / 2**20, ceiling / 2**20,
+                    )  # fmt: skip
+                    ceiling = None
+                elif time.monotonic() >= self._memory_retry_at:
+                    return "memory", f"uses {used / 2**20:.0f} MiB, above --mlflow-max-memory ({ceiling / 2**20:.0f} MiB)"
+            first = False
             await asyncio.sleep(policy.memory_interval)
 
     async def _until_hung(self, process: MlflowProcess) -> tuple[str, str]:

@@ -4,6 +4,7 @@ MLflow children that start in milliseconds, each on a port of its own."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import Callable
@@ -169,6 +170,7 @@ async def test_a_child_above_the_memory_ceiling_is_replaced_and_its_memory_publi
     supervisor, children, run = replace(max_memory=10_000)
     state = children.state
     await eventually(lambda: state.ready and state.memory_bytes == 1000, what="READY and measured")
+    await asyncio.sleep(0.1)  # measured again below the ceiling: it grows from here
     old = children.made[0]
     children.memory[old.pid] = 20_000
     await eventually(lambda: state.replacements.get("memory") == 1 and state.replacing is None, what="a memory replacement")
@@ -176,6 +178,16 @@ async def test_a_child_above_the_memory_ceiling_is_replaced_and_its_memory_publi
     await eventually(lambda: state.memory_bytes == 1000, what="the new child measured")
     await asyncio.sleep(0.3)
     assert len(children.made) == 2  # the new one is below the ceiling: no further replacement
+
+
+async def test_a_child_above_the_ceiling_from_its_start_is_not_replaced_again_and_again(replace, caplog):
+    caplog.set_level(logging.WARNING, logger="mlflow_app")
+    supervisor, children, run = replace(max_memory=500)  # every fake measures 1000 bytes
+    state = children.state
+    await eventually(lambda: state.ready and state.memory_bytes == 1000, what="READY and measured")
+    await asyncio.sleep(0.5)  # ten measurements
+    assert len(children.made) == 1 and not state.replacements
+    assert any("as soon as it is ready, above --mlflow-max-memory" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_replacement_that_fails_leaves_the_old_child_serving_and_nothing_else_running(replace):
