@@ -179,10 +179,15 @@ def report(measurement: dict, load: Load) -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [(), ("--workers", "2", "--no-mlflow-unix-socket")],
-    ids=["one-process-on-a-socket", "mlflow-server-with-workers-on-tcp"],
+    [(), ("--workers", "2", "--no-mlflow-unix-socket"), ("on-postgresql",)],
+    ids=["one-process-on-a-socket", "mlflow-server-with-workers-on-tcp", "on-postgresql"],
 )
-def test_a_sighup_reload_replaces_mlflow_without_failing_a_request(tmp_path, no_client_retries, options):
+def test_a_sighup_reload_replaces_mlflow_without_failing_a_request(tmp_path, no_client_retries, options, request):
+    on_postgresql = options == ("on-postgresql",)
+    if on_postgresql:  # the database check runs before the new MLflow, beside the serving one
+        postgres = request.getfixturevalue("postgres")
+        name = f"swap{time.monotonic_ns()}"
+        options = ("--backend-store-uri", postgres.create_database(name, name, "swap-pw"))
     app = start_app(tmp_path / "app", *options)
     try:
         with Load(app.url, tmp_path) as load:
@@ -197,6 +202,8 @@ def test_a_sighup_reload_replaces_mlflow_without_failing_a_request(tmp_path, no_
         health = app.health().json()["mlflow"]
         assert health["restarts"] == 0 and health["state"] == "ready"
         assert "MLflow's replacement (reload) took" in app.log_text()
+        if on_postgresql:  # checked (schema current, nothing migrated) before each of the two MLflows
+            assert app.log_text().count("before MLflow starts") == 2
     finally:
         tree = list(mlflow_tree(app))
         app.stop()
