@@ -30,3 +30,4 @@ def tracking(app, monkeypatch):
     yield mlflow.MlflowClient(tracking_uri=app.url, registry_uri=app.url)
     if mlflow.active_run():
         mlflow.end_run()
+    mlflow.set_registry_uri(None)  # process-wide: later tests' clients must not inherit it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import hashlib
 import json
@@ -55,6 +56,7 @@ async def _read_body(receive) -> tuple[bytes, bool]:
             return bytes(body), False
 
 
+@functools.cache  # a 4 MiB one takes long enough on a loaded machine to pass the front's 1 s upstream timeout
 def json_body(kib: int) -> bytes:
     """A JSON document of at least `kib` KiB, as repetitive as MLflow's run listings."""
     runs = []
