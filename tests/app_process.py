@@ -146,3 +146,14 @@ class AppProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+def resident_bytes(processes) -> int:
+    """The summed resident memory of `processes` (psutil), skipping any that has exited."""
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total

@@ -30,4 +30,6 @@ def tracking(app, monkeypatch):
     yield mlflow.MlflowClient(tracking_uri=app.url, registry_uri=app.url)
     if mlflow.active_run():
         mlflow.end_run()
-    mlflow.set_registry_uri(None)  # process-wide: later tests' clients must not inherit it
+    # Both are process-wide: later tests' clients (a Databricks app's) must not inherit them.
+    mlflow.set_registry_uri(None)
+    mlflow.set_tracking_uri(None)

@@ -105,10 +105,13 @@ class Ui:
 
 @pytest.fixture
 def seeded_run(tracking) -> SeededRun:
+    return seed_run(tracking, unique("browser"))
+
+
+def seed_run(tracking, name: str) -> SeededRun:
     """An experiment with one finished run: a param, a metric over five steps, a text artifact."""
     import mlflow
 
-    name = unique("browser")
     experiment_id = tracking.create_experiment(name)
     with mlflow.start_run(experiment_id=experiment_id, run_name=RUN_NAME) as run:
         mlflow.log_param("lr", "0.1")

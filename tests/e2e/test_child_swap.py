@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.app_process import AppProcess
+from tests.app_process import AppProcess, resident_bytes
 
 pytestmark = pytest.mark.e2e
 PROBE_INTERVAL = "1"  # liveness and memory checked every second
@@ -113,16 +113,6 @@ def serving_child(app: AppProcess) -> psutil.Process:
     children = psutil.Process(app.process.pid).children()
     assert len(children) == 1, f"one MLflow child expected, found {children}"
     return children[0]
-
-
-def resident_bytes(processes) -> int:
-    total = 0
-    for process in processes:
-        try:
-            total += process.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 def gone(pid: int) -> bool:

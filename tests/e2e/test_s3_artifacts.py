@@ -26,7 +26,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.app_process import AppProcess
+from tests.app_process import AppProcess, resident_bytes
 from tests.standin.cloud_storage import S3Server
 
 pytestmark = pytest.mark.e2e
@@ -235,16 +235,7 @@ class MemoryPeaks:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> dict[str, int]:
-        def rss(processes):
-            total = 0
-            for process in processes:
-                try:
-                    total += process.memory_info().rss
-                except psutil.NoSuchProcess:
-                    pass
-            return total
-
-        return {"front": rss([self.front]), "mlflow": rss(self.children)}
+        return {"front": resident_bytes([self.front]), "mlflow": resident_bytes(self.children)}
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):

@@ -22,14 +22,13 @@ from tests.e2e.test_browser import (
     ARTIFACT_TEXT,
     CHROMIUM,
     CHROMIUM_ARGS,
-    LOSSES,
-    RUN_NAME,
     SeededRun,
     Traffic,
     Ui,
     check_artifact_preview,
     check_experiment_list,
     check_run_overview,
+    seed_run,
 )
 
 pytestmark = pytest.mark.e2e
@@ -162,17 +161,8 @@ def tracking(nginx, monkeypatch):
 
 @pytest.fixture
 def seeded_run(tracking) -> SeededRun:
-    """As test_browser.py seeds it, through nginx: a param, a metric over five steps, a text artifact."""
-    import mlflow
-
-    name = unique("under-a-path")
-    experiment_id = tracking.create_experiment(name)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=RUN_NAME) as run:
-        mlflow.log_param("lr", "0.1")
-        for step, loss in enumerate(LOSSES):
-            mlflow.log_metric("loss", loss, step=step)
-        mlflow.log_text(ARTIFACT_TEXT, ARTIFACT_PATH)
-    return SeededRun(name, experiment_id, run.info.run_id)
+    """As test_browser.py seeds it, through nginx."""
+    return seed_run(tracking, unique("under-a-path"))
 
 
 def test_the_mlflow_client_works_through_the_path(tracking, nginx, prefixed_app, tmp_path):
