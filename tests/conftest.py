@@ -24,7 +24,8 @@ def tracking(app, monkeypatch):
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", app.url)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    # set_registry_uri writes MLFLOW_REGISTRY_URI too: set through monkeypatch, it is undone after.
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", app.url)
     mlflow.set_tracking_uri(app.url)
     mlflow.set_registry_uri(app.url)  # not a registry another test set process-wide (a Databricks app's)
     yield mlflow.MlflowClient(tracking_uri=app.url, registry_uri=app.url)

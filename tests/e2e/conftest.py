@@ -92,7 +92,8 @@ def client(databricks_app, monkeypatch) -> mlflow.MlflowClient:
         if name.startswith("DATABRICKS_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", databricks_app.url)
-    # The registry too: without it MlflowClient takes a registry another test set process-wide.
+    # The registry too: without it MlflowClient and models:/ URIs take a registry set process-wide.
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", databricks_app.url)
     return mlflow.MlflowClient(tracking_uri=databricks_app.url, registry_uri=databricks_app.url)
 
 
